@@ -1,0 +1,114 @@
+"""Spec + registry -> plain objects: model, losses, metrics, readers, splits.
+
+Each component is made by its plugin's factory and checked against its
+interface here, so a plugin returning the wrong thing is reported by name
+instead of failing somewhere inside the loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+from torch import nn
+
+from .data import Split, load_split
+from .errors import PluginError
+from .interfaces import LabelSpec, ParamGroup
+from .model import MultitaskModel
+from .registry import Registry
+from .spec import ComponentSpec, Spec
+
+# What the core calls on each kind of component (see mtbert/interfaces.py).
+REQUIRED = {
+    "encoders": ("forward", "embed", "hidden_size", "tokenizer", "save_architecture", "parameters"),
+    "readers": ("rows",),
+    "heads": ("forward", "predict", "parameters"),
+    "losses": ("__call__",),
+    "metrics": ("__call__", "normalized"),
+    "samplers": ("plan", "steps_per_epoch"),
+    "optimizers": ("step", "zero_grad", "param_groups"),
+    "schedulers": ("step", "get_last_lr"),
+    "gradient_methods": ("backward", "finish"),
+    "regularizers": ("penalty", "after_step"),
+    "adapters": ("parameters",),
+}
+
+
+def make(registry: Registry, component: ComponentSpec, *args, **kwargs) -> Any:
+    """Build one component and check it meets its kind's interface."""
+    entry = registry.get(component.kind, component.name)
+    obj = entry.factory(component.options, *args, **kwargs)
+    missing = [a for a in REQUIRED[component.kind] if not hasattr(obj, a)]
+    if missing:
+        raise PluginError(f"{component.kind[:-1]} \"{component.name}\" from plugin '{entry.plugin}' "
+                          f"(package {entry.package}) returned {type(obj).__name__}, which lacks "
+                          f"{', '.join(missing)}; see docs/plugins.md for the interface")
+    return obj
+
+
+def label_spec(registry: Registry, head: ComponentSpec) -> LabelSpec:
+    return registry.get("heads", head.name).factory.labels(head.options)
+
+
+def pair_encoding(registry: Registry, head: ComponentSpec) -> str:
+    return getattr(registry.get("heads", head.name).factory, "pair_encoding", "cross")
+
+
+def build_model(spec: Spec, registry: Registry, restore: Path | None = None) -> MultitaskModel:
+    kwargs = {"restore": restore} if restore is not None else {}
+    encoder = make(registry, spec.encoder, **kwargs)
+    heads = {name: make(registry, task.head, encoder.hidden_size) for name, task in spec.tasks.items()}
+    adapters = [make(registry, a, encoder, list(spec.tasks)) for a in spec.adapters]
+    return MultitaskModel(encoder, heads, adapters)
+
+
+@attrs.define
+class TaskParts:
+    """Everything the loop needs for one task besides the model."""
+
+    name: str
+    weight: float
+    loss: Any
+    metrics: dict[str, Any]  # name -> Metric; the first is the task's main metric
+    labels: LabelSpec
+    splits: dict[str, Split]
+    prediction_column: str
+
+
+def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev", "test")) -> dict[str, TaskParts]:
+    data_dir = Path(spec.data.dir).expanduser()
+    tasks = {}
+    for name, task in spec.tasks.items():
+        labels = label_spec(registry, task.head)
+        reader = make(registry, task.data.reader)
+        loaded = {}
+        for split, file in task.data.files().items():
+            if split in splits:
+                loaded[split] = load_split(name, split, data_dir / file, reader, task.data, labels, tokenizer,
+                                           spec.data.max_length, pair_encoding(registry, task.head),
+                                           labeled=split != "test")
+        metrics = {m.name: make(registry, m, labels) for m in task.metrics}
+        tasks[name] = TaskParts(name, task.weight, make(registry, task.loss), metrics, labels, loaded,
+                                task.prediction_column)
+    return tasks
+
+
+def param_groups(model: MultitaskModel, lr: float, head_lr: float | None) -> list[ParamGroup]:
+    """Encoder (and adapters) at ``lr``, heads at ``head_lr``; no weight decay on biases and norms."""
+    head_params = {id(p) for p in model.heads.parameters()}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            part = "heads" if id(param) in head_params else "encoder"
+            # As in BERT and the Hugging Face Trainer: biases and LayerNorm weights do not decay.
+            decay = pname != "bias" and not isinstance(module, nn.LayerNorm)
+            groups.setdefault((part, decay), []).append(param)
+    rates = {"encoder": lr, "heads": head_lr or lr}
+    return [ParamGroup(params, rates[part], decay, f"{part}{'' if decay else '.no_decay'}")
+            for (part, decay), params in groups.items()]

@@ -1,0 +1,71 @@
+"""Checkpoints: weights in safetensors (nothing that unpickles), written atomically.
+
+A checkpoint directory holds ``model.safetensors`` (every tensor of the
+multitask model), ``encoder/`` (config and tokenizer files, enough to rebuild
+the encoder without its original source) and ``meta.json``. It is written
+into a temporary sibling and renamed into place, so an interrupted write
+leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+
+
+def save_checkpoint(model, directory: Path, meta: dict) -> None:
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "mtbert": __version__})
+    model.encoder.save_architecture(tmp / "encoder")
+    (tmp / "meta.json").write_text(json.dumps({"mtbert": __version__, **meta}, indent=2))
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_weights(model, directory: Path) -> None:
+    """Load a checkpoint's tensors into ``model``; refuse any that do not fit, naming them."""
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"no {WEIGHTS} in {directory}: not an mtbert checkpoint directory")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
+    own = model.state_dict()
+    problems = [f"{k}: checkpoint {tuple(tensors[k].shape)}, model {tuple(own[k].shape)}"
+                for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    if missing:
+        problems.append("missing from the checkpoint: " + _some(missing))
+    if unexpected:
+        problems.append("in the checkpoint but not in the model: " + _some(unexpected))
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model built from the spec:\n  " + "\n  ".join(problems)
+                              + "\n  fix: use the spec the checkpoint was trained with (its run's spec.toml)")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            own[name].copy_(tensor)
+
+
+def _some(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")

@@ -1,0 +1,143 @@
+"""The ``mtbert`` command line. The only place errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import MtbertError
+
+log = logging.getLogger("mtbert")
+
+
+def user_errors(command):
+    """Turn a user's mistake (MtbertError) into a short message and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MtbertError as exc:
+            click.echo(f"mtbert: {exc.title}: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("mtbert: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def setup_logging(verbose: bool = False, file: Path | None = None) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="[mtbert] %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if file is not None:
+        handler = logging.FileHandler(file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+def registry():
+    from .plugins import default_registry
+
+    reg = default_registry()
+    for failure in reg.failures:
+        log.warning("plugin '%s' (package %s) not loaded: %s", failure.plugin, failure.package, failure.problem)
+    return reg
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a spec key, e.g. --set train.lr=2e-5 (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mtbert")
+def main():
+    """Multitask fine-tuning of BERT-family encoders from one TOML spec."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@user_errors
+def validate(spec, overrides):
+    """Check SPEC (and overrides) without training; report every problem at once."""
+    setup_logging()
+    from .spec import load_spec
+
+    parsed = load_spec(spec, registry(), overrides)
+    click.echo(f"{spec}: ok ({len(parsed.tasks)} task(s): {', '.join(parsed.tasks)}; "
+               f"sampler {parsed.sampler.name}, gradient {parsed.gradient.name})")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: <spec out>/<name>).")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("-v", "--verbose", is_flag=True)
+@user_errors
+def run(spec, overrides, out, progress, verbose):
+    """Train the model SPEC describes; results go to runs/<name>/."""
+    setup_logging(verbose)
+    from .rundir import RunDir
+    from .spec import load_spec
+    from .train import Trainer
+
+    parsed = load_spec(spec, registry(), overrides)
+    trainer = Trainer(parsed, registry(), progress=progress)  # reads and checks all data first
+    run_dir = RunDir.create(parsed, out)
+    setup_logging(verbose, run_dir.path / "log.txt")
+    log.info("run directory: %s", run_dir.path)
+    best = trainer.fit(run_dir)
+    if best is None:
+        click.echo(f"done: no dev data to score; checkpoint in {run_dir.checkpoint}")
+        return
+    click.echo(f"done: best overall {best['overall']:.4f} at step {best['step']} (epoch {best['epoch']})")
+    for task, values in best["tasks"].items():
+        click.echo(f"  {task:<12} " + "  ".join(f"{m} {v:.4f}" for m, v in values.items()))
+    click.echo(f"results in {run_dir.path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--task", required=True, help="Task name in the run's spec.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@user_errors
+def predict(run_dir, task, input_path, output_path, batch_size, device):
+    """Predict TASK on a file in the task's format with a trained run."""
+    setup_logging()
+    from .inference import Predictor
+
+    count = Predictor.load(run_dir, device, registry()).predict_file(task, input_path, output_path, batch_size)
+    click.echo(f"wrote {count} predictions to {output_path}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json):
+    """List every registered component with its kind and the package providing it."""
+    from .plugins import default_registry
+
+    reg = default_registry()
+    rows = [{"kind": c.kind, "name": c.name, "package": c.package, "plugin": c.plugin,
+             "description": c.description} for c in reg.all()]
+    failures = [{"plugin": f.plugin, "package": f.package, "problem": f.problem} for f in reg.failures]
+    if as_json:
+        click.echo(json.dumps({"components": rows, "failures": failures}, indent=2))
+        return
+    widths = {k: max([len(k)] + [len(r[k]) for r in rows]) for k in ("kind", "name", "package")}
+    click.echo("  ".join(k.upper().ljust(widths[k]) for k in widths) + "  DESCRIPTION")
+    for r in rows:
+        click.echo("  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["description"])
+    for f in failures:
+        click.echo(f"FAILED  plugin '{f['plugin']}' (package {f['package']}): {f['problem']}", err=True)

@@ -1,0 +1,265 @@
+"""minBERT: a BERT encoder in one file, with a slot in every layer for adapters.
+
+Architecture (Devlin et al. 2019): word + position + token-type embeddings,
+LayerNorm, then post-LN transformer layers (multi-head self-attention through
+``scaled_dot_product_attention``, GELU feed-forward), and a tanh pooler over
+[CLS]. ``from_pretrained`` copies Hugging Face BERT weights (safetensors, with
+or without the ``bert.`` prefix) into these modules; the parity test in
+tests/test_encoder_parity.py checks the hidden states against
+``transformers.BertModel`` to 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+from .interfaces import Encoded, Encoder
+
+
+@attrs.frozen
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+
+    # Hugging Face config.json key <-> our field
+    HF_KEYS = {
+        "vocab_size": "vocab_size", "hidden_size": "hidden_size",
+        "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
+        "intermediate_size": "intermediate_size", "max_position_embeddings": "max_position",
+        "type_vocab_size": "type_vocab_size", "layer_norm_eps": "layer_norm_eps",
+        "hidden_dropout_prob": "hidden_dropout", "attention_probs_dropout_prob": "attention_dropout",
+        "pad_token_id": "pad_token_id",
+    }
+
+    @classmethod
+    def from_hf(cls, data: dict) -> "BertConfig":
+        kwargs = {ours: data[theirs] for theirs, ours in cls.HF_KEYS.items() if theirs in data}
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict:
+        out = {"model_type": "bert", "architectures": ["BertModel"], "hidden_act": "gelu",
+               "position_embedding_type": "absolute"}
+        out.update({theirs: getattr(self, ours) for theirs, ours in self.HF_KEYS.items()})
+        return out
+
+
+class Embeddings(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position = nn.Embedding(c.max_position, c.hidden_size)
+        self.token_type = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions)
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]
+        else:
+            x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention + output projection, residual and LayerNorm."""
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        if c.hidden_size % c.num_heads:
+            raise ValueError(f"hidden_size {c.hidden_size} is not a multiple of num_heads {c.num_heads}")
+        self.num_heads, self.p = c.num_heads, c.attention_dropout
+        self.query = nn.Linear(c.hidden_size, c.hidden_size)
+        self.key = nn.Linear(c.hidden_size, c.hidden_size)
+        self.value = nn.Linear(c.hidden_size, c.hidden_size)
+        self.out = nn.Linear(c.hidden_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout)
+
+    def split(self, x: Tensor) -> Tensor:  # [B, T, H] -> [B, heads, T, H/heads]
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, h: Tensor, attn_mask: Tensor) -> Tensor:
+        q, k, v = self.split(self.query(h)), self.split(self.key(h)), self.split(self.value(h))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.p if self.training else 0.0)
+        ctx = ctx.transpose(1, 2).reshape(h.shape)
+        return self.norm(h + self.dropout(self.out(ctx)))
+
+
+class Layer(nn.Module):
+    """One post-LN transformer layer.
+
+    ``slots`` holds parallel branches added by adapters: each is called as
+    ``branch(h, a, task)`` with the layer input h and the post-attention state
+    a, and its result is added beside the feed-forward output before the last
+    LayerNorm -- exactly where PALs (Stickland & Murray 2019) put theirs.
+    """
+
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(c)
+        self.ffn_in = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.ffn_out = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout)
+        self.slots = nn.ModuleList()
+
+    def forward(self, h: Tensor, attn_mask: Tensor, task: str | None = None) -> Tensor:
+        a = self.attention(h, attn_mask)
+        # F.gelu's default is the exact erf form BERT uses, not the tanh approximation.
+        z = a + self.dropout(self.ffn_out(F.gelu(self.ffn_in(a))))
+        for branch in self.slots:
+            z = z + branch(h, a, task)
+        return self.norm(z)
+
+
+class MinBert(Encoder):
+    def __init__(self, config: BertConfig, tokenizer=None):
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        self.hidden_size = config.hidden_size
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.apply(self._init_weights)
+
+    @property
+    def layer_slots(self) -> list[nn.ModuleList]:
+        return [layer.slots for layer in self.layers]
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        return self.embeddings(input_ids, token_type_ids)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                *, task: str | None = None, inputs_embeds: Tensor | None = None) -> Encoded:
+        h = self.embed(input_ids, token_type_ids) if inputs_embeds is None else inputs_embeds
+        # [B, 1, 1, T] boolean: True where a key may be attended to.
+        attn_mask = attention_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            h = layer(h, attn_mask, task)
+        pooled = torch.tanh(self.pooler(h[:, 0]))
+        return Encoded(h, attention_mask, pooled)
+
+    def save_architecture(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config.to_hf(), indent=2))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+
+
+# -- Hugging Face parameter names <-> ours ----------------------------------------------
+_LAYER_MAP = [
+    (r"attention\.self\.(query|key|value)\.", r"attention.\1."),
+    (r"attention\.output\.dense\.", "attention.out."),
+    (r"attention\.output\.LayerNorm\.", "attention.norm."),
+    (r"intermediate\.dense\.", "ffn_in."),
+    (r"output\.dense\.", "ffn_out."),
+    (r"output\.LayerNorm\.", "norm."),
+]
+_TOP_MAP = {
+    "embeddings.word_embeddings.": "embeddings.word.",
+    "embeddings.position_embeddings.": "embeddings.position.",
+    "embeddings.token_type_embeddings.": "embeddings.token_type.",
+    "embeddings.LayerNorm.": "embeddings.norm.",
+    "pooler.dense.": "pooler.",
+}
+
+
+def hf_to_ours(name: str) -> str | None:
+    """Map a Hugging Face BERT parameter name to ours; None if it is not an encoder weight."""
+    name = name.removeprefix("bert.")
+    name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)  # old TF-converted checkpoints
+    name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+    for theirs, ours in _TOP_MAP.items():
+        if name.startswith(theirs):
+            return ours + name[len(theirs):]
+    m = re.match(r"encoder\.layer\.(\d+)\.(.*)$", name)
+    if m:
+        for pattern, repl in _LAYER_MAP:
+            rest, n = re.subn("^" + pattern, repl, m.group(2))
+            if n:
+                return f"layers.{m.group(1)}.{rest}"
+    return None
+
+
+def ours_to_hf(name: str) -> str:
+    """Inverse of :func:`hf_to_ours` (used to export in Hugging Face format)."""
+    for theirs, ours in _TOP_MAP.items():
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    m = re.match(r"layers\.(\d+)\.(.*)$", name)
+    if not m:
+        raise KeyError(name)
+    rest = m.group(2)
+    for hf, ours in [("attention.self.query.", "attention.query."), ("attention.self.key.", "attention.key."),
+                     ("attention.self.value.", "attention.value."), ("attention.output.dense.", "attention.out."),
+                     ("attention.output.LayerNorm.", "attention.norm."), ("intermediate.dense.", "ffn_in."),
+                     ("output.dense.", "ffn_out."), ("output.LayerNorm.", "norm.")]:
+        if rest.startswith(ours):
+            return f"encoder.layer.{m.group(1)}.{hf}{rest[len(ours):]}"
+    raise KeyError(name)
+
+
+def load_hf_weights(model: MinBert, tensors: dict[str, Tensor], source: str) -> list[str]:
+    """Copy Hugging Face BERT tensors into ``model``; returns the names it ignored.
+
+    Refuses (CheckpointError) a tensor whose shape does not fit, naming the
+    tensor and both shapes, and a checkpoint missing encoder weights.
+    """
+    own = model.state_dict()
+    mapped, ignored, problems = {}, [], []
+    for name, tensor in tensors.items():
+        ours = hf_to_ours(name)
+        if name.endswith("position_ids"):  # a buffer of positions 0..511, not a weight
+            continue
+        if ours is None or ours not in own:
+            ignored.append(name)
+            continue
+        if tuple(tensor.shape) != tuple(own[ours].shape):
+            problems.append(f"{name}: checkpoint has shape {tuple(tensor.shape)}, "
+                            f"the model expects {tuple(own[ours].shape)}")
+            continue
+        mapped[ours] = tensor
+    missing = [k for k in own if k not in mapped and not k.startswith("pooler.") and ".slots." not in k]
+    if missing:
+        problems.append(f"missing encoder weights: {', '.join(missing[:8])}"
+                        + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    if problems:
+        raise CheckpointError(f"{source} does not fit this BERT encoder:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for name, tensor in mapped.items():
+            own[name].copy_(tensor)
+    return ignored
+

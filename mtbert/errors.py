@@ -1,0 +1,64 @@
+"""Typed errors for mistakes a user can make and fix.
+
+Everything a user supplies (spec, data, checkpoint, plugin) that is wrong
+raises a subclass of :class:`MtbertError`. Only ``cli.py`` turns these into a
+message and an exit code; anything else that escapes is a bug in mtbert and
+is allowed to show its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MtbertError(Exception):
+    """A problem the user can fix; the message says where and how."""
+
+    exit_code = 2
+    title = "error"
+
+
+class SpecError(MtbertError):
+    """One or more problems in a spec, each with its path."""
+
+    title = "spec error"
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{len(self.problems)} problem(s) in {self.source or 'the spec'}:"
+        lines = [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
+        return "\n".join([head, *lines])
+
+
+class DataError(MtbertError):
+    """A data file that cannot be read; names the file, line and problem."""
+
+    title = "data error"
+
+    def __init__(self, path: str, line: int | None, problem: str, fix: str | None = None):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}:{line}" if line is not None else str(path)
+        message = f"{where}: {problem}"
+        if fix:
+            message += f"\n  fix: {fix}"
+        super().__init__(message)
+
+
+class CheckpointError(MtbertError):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+    title = "checkpoint error"
+
+
+class PluginError(MtbertError):
+    """An unknown component name, or a plugin that does not meet its interface."""
+
+    title = "plugin error"
+
+
+class TrainingError(MtbertError):
+    """A run that had to stop (e.g. repeated non-finite losses)."""
+
+    title = "training stopped"

@@ -1,0 +1,70 @@
+"""Evaluation: predictions, metrics, the overall score, and prediction files."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .build import TaskParts
+from .data import Split, eval_batches
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model, task: str, split: Split, batch_size: int, device: torch.device, pad_id: int,
+            autocast=contextlib.nullcontext) -> Tensor:
+    """The head's predictions for every example of ``split``, in file order, on the CPU."""
+    was_training = model.training
+    model.eval()
+    head = model.heads[task]
+    chunks, order = [], []
+    for batch in eval_batches(split, batch_size, pad_id):
+        batch = to_device(batch, device)
+        with autocast():
+            output = model(task, batch)
+        chunks.append(head.predict(output))
+        order.append(batch["index"])
+    model.train(was_training)
+    predictions, index = torch.cat(chunks).cpu(), torch.cat(order).cpu()
+    ordered = torch.empty_like(predictions)
+    ordered[index] = predictions
+    return ordered
+
+
+def score(task: TaskParts, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+    return {name: metric(predictions, labels) for name, metric in task.metrics.items()}
+
+
+def overall(tasks: dict[str, TaskParts], scores: dict[str, dict[str, float]]) -> float:
+    """Mean over tasks of each task's main (first) metric mapped to [0, 1].
+
+    For SST accuracy, Quora accuracy and STS Pearson r this is the CS224N
+    course's overall score (sst_acc + para_acc + (sts_r + 1) / 2) / 3.
+    """
+    values = []
+    for name, task_scores in scores.items():
+        main, metric = next(iter(tasks[name].metrics.items()))
+        values.append(metric.normalized(task_scores[main]))
+    return sum(values) / len(values)
+
+
+def format_prediction(value) -> str:
+    return str(int(value)) if isinstance(value, int) else f"{value:.6f}"
+
+
+def write_predictions(path: Path, ids: list[str], predictions: Tensor, column: str) -> None:
+    """The course's submission format: header ``id \\t <column>``, then ``<id> , <prediction>`` lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fp:
+        fp.write(f"id \t {column} \n")
+        for ident, value in zip(ids, predictions.tolist()):
+            fp.write(f"{ident} , {format_prediction(value)} \n")
+    tmp.replace(path)

@@ -1,0 +1,212 @@
+"""What each kind of component must provide.
+
+A plugin registers a factory per component; the core calls it with the
+arguments listed here and uses the result only through these methods. The
+base classes carry sensible defaults; subclassing them is the easy way to
+meet an interface, not a requirement (the core checks attributes, not types).
+See docs/plugins.md for the same contract with examples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, NamedTuple
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+OUTPUT_KINDS = ("multiclass", "binary", "regression")
+
+
+class Encoded(NamedTuple):
+    """An encoder's output for one batch of sequences."""
+
+    states: Tensor  # [batch, length, hidden] last-layer token states
+    mask: Tensor  # [batch, length] 1 for real tokens, 0 for padding
+    pooled: Tensor | None = None  # [batch, hidden] BERT pooler output, if the encoder has one
+
+
+@attrs.frozen
+class LabelSpec:
+    """What labels a task's data must hold, derived from its head."""
+
+    kind: str  # one of OUTPUT_KINDS
+    num_labels: int | None = None  # multiclass only
+    low: float | None = None  # regression: allowed label range, if any
+    high: float | None = None
+
+
+# -- encoders: factory(config, *, restore: Path | None = None) -> Encoder -------
+class Encoder(nn.Module):
+    """Token ids -> :class:`Encoded`.
+
+    ``restore`` is a checkpoint directory previously filled by
+    ``save_architecture``: build the same architecture (weights are loaded by
+    the core afterwards) without touching the original source.
+    """
+
+    hidden_size: int
+    tokenizer: Any  # a transformers tokenizer (callable on texts / text pairs)
+    # Per-layer ModuleLists where adapters add parallel branches (see
+    # mtbert.encoder.Layer); None for encoders without such slots.
+    layer_slots: list[nn.ModuleList] | None = None
+
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        """Input embeddings (what SMART perturbs)."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                *, task: str | None = None, inputs_embeds: Tensor | None = None) -> Encoded:
+        raise NotImplementedError
+
+    def save_architecture(self, directory: Path) -> None:
+        """Write what ``restore`` needs (config, tokenizer files) into ``directory``."""
+        raise NotImplementedError
+
+
+# -- readers: factory(config) -> Reader ------------------------------------------
+class Reader:
+    """A data file -> (line number, {column: string}) rows.
+
+    Must raise :class:`mtbert.errors.DataError` naming the file, line and
+    problem for anything malformed.
+    """
+
+    def rows(self, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+        raise NotImplementedError
+
+
+# -- heads: factory(config, hidden_size) -> Head ------------------------------------
+class Head(nn.Module):
+    """Encoder output -> task output (logits or scores).
+
+    ``pair_encoding`` says how a sentence pair reaches the head: "cross" (one
+    joint sequence ``[CLS] a [SEP] b [SEP]``, forward gets one Encoded) or
+    "bi" (each sentence encoded alone, forward gets a tuple of two).
+    """
+
+    output_kind: ClassVar[str]
+    pair_encoding: ClassVar[str] = "cross"
+
+    @classmethod
+    def labels(cls, config) -> LabelSpec:
+        return LabelSpec(cls.output_kind, getattr(config, "num_labels", None))
+
+    def forward(self, encoded):  # Encoded | tuple[Encoded, Encoded] -> Tensor
+        raise NotImplementedError
+
+    def predict(self, output: Tensor) -> Tensor:
+        """Head output -> predictions (class ids, or scores for regression)."""
+        raise NotImplementedError
+
+
+# -- losses: factory(config) -> Loss ------------------------------------------------
+class Loss:
+    accepts: ClassVar[frozenset[str]]  # head output kinds it can train
+
+    def __call__(self, output: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+# -- metrics: factory(config) -> Metric ---------------------------------------------
+class Metric:
+    """Predictions vs labels -> a float; ``range`` maps it to [0, 1] for the overall score."""
+
+    accepts: ClassVar[frozenset[str]]
+    range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+
+    def __call__(self, predictions: Tensor, labels: Tensor) -> float:
+        raise NotImplementedError
+
+    def normalized(self, value: float) -> float:
+        low, high = self.range
+        return (value - low) / (high - low)
+
+
+# -- samplers: factory(config, context: SamplerContext) -> Sampler -------------------
+@attrs.frozen
+class SamplerContext:
+    sizes: dict[str, int]  # training examples per task (N_t)
+    batches: dict[str, int]  # batches per full pass over each task
+    epochs: int  # total epochs of the run (E), for schedules that anneal
+    seed: int
+
+
+class Sampler:
+    """Which tasks each training step draws one batch from (the step contract).
+
+    ``plan(epoch)`` returns the whole epoch as a list of steps, each a list of
+    task names; it must be a pure function of (config, context, epoch) so a
+    resumed run replays the same schedule.
+    """
+
+    one_task_per_step: ClassVar[bool] = True
+
+    def __init__(self, config, context: SamplerContext):
+        self.config, self.context = config, context
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def plan(self, epoch: int) -> list[list[str]]:
+        raise NotImplementedError
+
+    def generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.context.seed * 1_000_003 + epoch)
+
+    def draw(self, weights: dict[str, float], steps: int, epoch: int) -> list[list[str]]:
+        """``steps`` single-task steps, task t drawn with probability weights[t] / sum."""
+        names = list(weights)
+        p = torch.tensor([weights[n] for n in names], dtype=torch.float64)
+        picks = torch.multinomial(p / p.sum(), steps, replacement=True, generator=self.generator(epoch))
+        return [[names[i]] for i in picks.tolist()]
+
+
+# -- optimizers: factory(config, groups: list[ParamGroup]) -> torch.optim.Optimizer ---
+@attrs.frozen
+class ParamGroup:
+    params: list[nn.Parameter]
+    lr: float
+    decay: bool  # False for biases and LayerNorm weights
+    name: str
+
+
+# -- schedulers: factory(config, optimizer, total_steps) -> torch LRScheduler ---------
+
+
+# -- gradient methods: factory(config) -> GradientMethod -----------------------------
+class GradientMethod:
+    """Per-task losses of one (micro-)step -> gradients.
+
+    ``backward`` is called once per micro-batch with each task's loss (already
+    weighted and divided by the accumulation count) and the shared
+    parameters; it must leave every parameter's ``.grad`` as the treatment
+    wants it summed. ``finish`` runs once before each optimizer step.
+    """
+
+    needs_all_tasks: ClassVar[bool] = False
+
+    def backward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> None:
+        raise NotImplementedError
+
+    def finish(self, shared: list[nn.Parameter]) -> dict[str, float]:
+        """Called before the optimizer step; returns statistics to log."""
+        return {}
+
+
+# -- regularizers: factory(config) -> Regularizer -----------------------------------
+class Regularizer:
+    """An extra loss term per task batch, and an optional update after each step."""
+
+    def penalty(self, model, task: str, batch: dict[str, Tensor], output: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def after_step(self, model) -> None:
+        pass
+
+
+# -- adapters: factory(config, encoder, tasks: list[str]) -> nn.Module ----------------
+# The factory installs the adapter into the encoder (layer_slots or wrapped
+# linears) and returns a module holding its parameters. Class attribute
+# ``needs_layer_slots = True`` makes validation refuse encoders without slots.

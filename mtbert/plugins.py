@@ -1,0 +1,88 @@
+"""The plugin manager: entry points of group ``mtbert`` -> a filled Registry.
+
+Built-in plugins are found the same way as third-party ones. A plugin that
+fails to import, implements a hook that does not exist, or raises while
+registering is recorded in ``registry.failures`` by name; the others load.
+``MTBERT_LOAD_PLUGINS=a,b`` loads only the entry points (or packages) named.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from importlib import metadata
+from types import ModuleType
+from typing import Iterable
+
+import pluggy
+
+from . import hookspecs
+from .registry import PluginFailure, Registry
+
+GROUP = "mtbert"
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=GROUP), key=lambda ep: ep.name)
+
+
+def _package(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "?"
+
+
+def _selected(eps: list[metadata.EntryPoint]) -> list[metadata.EntryPoint]:
+    wanted = os.environ.get("MTBERT_LOAD_PLUGINS")
+    if not wanted:
+        return eps
+    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    return [ep for ep in eps if ep.name in names or _package(ep) in names]
+
+
+def build_registry(entry_points: Iterable[metadata.EntryPoint] | None = None,
+                   modules: Iterable[tuple[str, ModuleType, str]] = ()) -> Registry:
+    """Load plugins and collect their components.
+
+    ``modules`` adds (plugin name, module, package) triples directly, which is
+    how tests register a plugin without installing it.
+    """
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    packages: dict[str, str] = {}
+
+    candidates = []
+    for ep in _selected(list(entry_points) if entry_points is not None else _entry_points()):
+        try:
+            candidates.append((ep.name, ep.load(), _package(ep)))
+        except Exception as exc:  # a broken plugin must not hide the others
+            registry.failures.append(PluginFailure(ep.name, _package(ep), f"import failed: {exc!r}"))
+    candidates.extend(modules)
+
+    for name, module, package in candidates:
+        try:
+            pm.register(module, name=name)
+            pm.check_pending()
+        except Exception as exc:
+            if pm.is_registered(module):
+                pm.unregister(module)
+            registry.failures.append(PluginFailure(name, package, f"invalid plugin: {exc}"))
+            continue
+        packages[name] = package
+
+    for kind, hook_name in hookspecs.KIND_HOOKS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            package = packages.get(impl.plugin_name, "?")
+            register = registry.registrar(kind, impl.plugin_name, package)
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                registry.failures.append(
+                    PluginFailure(impl.plugin_name, package, f"{hook_name} raised: {exc!r}"))
+    return registry
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry of every installed plugin, built once per process."""
+    return build_registry()

@@ -1,0 +1,63 @@
+"""The run directory: ``runs/<name>/`` with everything a run leaves behind.
+
+    spec.toml        the resolved spec (every default filled in)
+    metrics.jsonl    one JSON line per evaluation: step, epoch, tasks' metrics, overall
+    best.json        the best evaluation so far
+    tb/              TensorBoard event files
+    checkpoint/      the best model (see mtbert/checkpoint.py)
+    predictions/     dev and test predictions in the course's submission format
+
+An existing run is never overwritten: without ``--out`` a new run of the same
+name gets the first free ``<name>-2``, ``<name>-3`` ...; an explicit ``--out``
+that already holds a run is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import MtbertError
+from .spec import Spec, dump_spec
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.spec = self.path / "spec.toml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.best = self.path / "best.json"
+        self.tb = self.path / "tb"
+        self.checkpoint = self.path / "checkpoint"
+        self.predictions = self.path / "predictions"
+
+    @classmethod
+    def create(cls, spec: Spec, out: str | None = None) -> "RunDir":
+        if out is not None:
+            path = Path(out)
+            if path.exists() and any(path.iterdir()):
+                raise MtbertError(f"{path} already holds files; choose another --out (nothing was changed)")
+        else:
+            base = Path(spec.out) / spec.name
+            path, n = base, 1
+            while path.exists() and any(path.iterdir()):
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        run.spec.write_text(dump_spec(spec), encoding="utf-8")
+        return run
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as fp:
+            fp.write(json.dumps(record) + "\n")
+
+    def write_best(self, record: dict) -> None:
+        write_json(self.best, record)

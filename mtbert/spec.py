@@ -1,0 +1,327 @@
+"""The run spec: TOML -> frozen attrs classes, every problem reported with its path.
+
+A component (encoder, head, loss, ...) is written as its registry name, or
+as a table with ``name`` plus the plugin's own options::
+
+    loss = "mse"
+    head = { name = "classifier", num_labels = 5, dropout = 0.3 }
+
+The options are checked against the plugin's config class. Precedence for
+every value: the spec file < ``MTBERT_DATA`` (for ``data.dir``) < ``--set``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import tomli_w
+
+from .errors import SpecError
+from .registry import Registry
+from .structure import Structurer, at_least, describe, greater_than, join, non_empty
+
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+@attrs.frozen
+class ComponentSpec:
+    """A registry name plus the options structured into that plugin's config class."""
+
+    kind: str
+    name: str
+    options: Any
+
+    def to_data(self) -> dict:
+        return {"name": self.name, **unstructure(self.options)}
+
+
+def component(kind: str, default: str | None = None, **kwargs):
+    metadata = {"kind": kind}
+    if default is not None:
+        metadata["raw_default"] = default
+    return attrs.field(metadata=metadata, **kwargs)
+
+
+@attrs.frozen
+class DataSpec:
+    dir: str = "data"
+    max_length: int = attrs.field(default=128, validator=at_least(8))
+
+
+@attrs.frozen(kw_only=True)
+class TaskData:
+    """Where a task's examples are and which columns hold what."""
+
+    reader: ComponentSpec = component("readers", default="tsv")
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    text: str = "sentence"
+    text_pair: str | None = None  # second sentence of a pair task
+    label: str = "label"
+    id: str = "id"  # "": no id column, the rows are numbered 0, 1, ...
+    label_names: list[str] | None = attrs.field(default=None, validator=non_empty)
+    limit: int | None = attrs.field(default=None, validator=at_least(1))  # first N rows of each file
+
+    def files(self) -> dict[str, str]:
+        return {s: getattr(self, s) for s in ("train", "dev", "test") if getattr(self, s)}
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    data: TaskData
+    head: ComponentSpec = component("heads")
+    loss: ComponentSpec = component("losses")
+    metrics: list[ComponentSpec] = component("metrics", validator=non_empty)
+    weight: float = attrs.field(default=1.0, validator=greater_than(0.0))
+    prediction_column: str = "Predicted"
+
+
+@attrs.frozen
+class TrainSpec:
+    epochs: int | None = attrs.field(default=None, validator=at_least(1))
+    steps: int | None = attrs.field(default=None, validator=at_least(1))
+    batch_size: int = attrs.field(default=32, validator=at_least(1))
+    eval_batch_size: int = attrs.field(default=128, validator=at_least(1))
+    lr: float = attrs.field(default=2e-5, validator=greater_than(0.0))
+    head_lr: float | None = attrs.field(default=None, validator=greater_than(0.0))
+    accumulate: int = attrs.field(default=1, validator=at_least(1))
+    max_grad_norm: float = attrs.field(default=1.0, validator=at_least(0.0))  # 0: no clipping
+    eval_every: int | None = attrs.field(default=None, validator=at_least(1))  # steps; default each epoch
+    early_stopping: int | None = attrs.field(default=None, validator=at_least(1))  # patience, in evaluations
+    length_buckets: bool = True  # batch similar lengths together (less padding)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    log_every: int = attrs.field(default=50, validator=at_least(1))
+    threads: int | None = attrs.field(default=None, validator=at_least(1))
+
+    def check(self):
+        if self.epochs is not None and self.steps is not None:
+            yield "steps", "give epochs or steps, not both"
+
+
+@attrs.frozen(kw_only=True)
+class Spec:
+    tasks: dict[str, TaskSpec] = attrs.field(validator=non_empty)
+    name: str = "run"
+    seed: int = 11
+    out: str = "runs"
+    encoder: ComponentSpec = component("encoders", default="minbert")
+    data: DataSpec = attrs.Factory(DataSpec)
+    sampler: ComponentSpec = component("samplers", default="round_robin")
+    optimizer: ComponentSpec = component("optimizers", default="adamw")
+    scheduler: ComponentSpec = component("schedulers", default="linear")
+    gradient: ComponentSpec = component("gradient_methods", default="sum")
+    regularizers: list[ComponentSpec] = component("regularizers", default=[])
+    adapters: list[ComponentSpec] = component("adapters", default=[])
+    train: TrainSpec = attrs.Factory(TrainSpec)
+
+    @property
+    def epochs(self) -> int | None:
+        """The run's length in epochs (3 when neither epochs nor steps is given)."""
+        if self.train.steps is not None:
+            return self.train.epochs
+        return self.train.epochs or 3
+
+
+class SpecStructurer(Structurer):
+    """Structurer that resolves component references through the registry."""
+
+    def __init__(self, registry: Registry, data_dir: Path | None = None):
+        super().__init__()
+        self.registry, self.data_dir = registry, data_dir
+
+    def structure_attrs(self, cls, value, path):
+        # Cross-component checks run on every part that structured, so one
+        # `validate` reports a bad task even when another part is also wrong.
+        obj = super().structure_attrs(cls, value, path)
+        if obj is not None and cls is TaskData and self.data_dir is not None:
+            for split, file in obj.files().items():
+                if not (self.data_dir / file).is_file():
+                    self.problem(f"{path}.{split}", f"file {self.data_dir / file} not found")
+        if obj is not None and cls is TaskSpec:
+            self.problems += _check_task(path.split(".", 1)[1], obj, self.registry)
+        if obj is not None and cls is Spec:
+            self.problems += _check_step_contract(obj, self.registry)
+        return obj
+
+    def special(self, tp, value, path, field):
+        if tp is not ComponentSpec:
+            return False, None
+        return True, self.component(field.metadata["kind"], value, path)
+
+    def component(self, kind: str, value, path: str) -> ComponentSpec | None:
+        if isinstance(value, str):
+            name, options = value, {}
+        elif isinstance(value, dict):
+            if "name" not in value:
+                self.problem(path, f"a {_singular(kind)} table needs name = \"...\"; "
+                                   f"known: {', '.join(self.registry.names(kind))}")
+                return None
+            name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
+            if not isinstance(name, str):
+                self.problem(join(path, "name"), f"expected a string, got {describe(name)}")
+                return None
+        else:
+            self.problem(path, f"expected a {_singular(kind)} name or a table with name = \"...\", "
+                               f"got {describe(value)}")
+            return None
+        if not self.registry.has(kind, name):
+            self.problem(join(path, "name") if isinstance(value, dict) else path, self.registry.unknown(kind, name))
+            return None
+        config_cls = self.registry.get(kind, name).config
+        structured = self.structure_attrs(config_cls, options, path)
+        return None if structured is None else ComponentSpec(kind, name, structured)
+
+
+def structure_component(kind: str, value: str | dict, registry: Registry, path: str = "") -> ComponentSpec:
+    """A component given as spec data (name or table) -> ComponentSpec, or SpecError."""
+    structurer = SpecStructurer(registry)
+    result = structurer.component(kind, value, path or kind)
+    if structurer.problems:
+        raise SpecError(structurer.problems)
+    return result
+
+
+def _singular(kind: str) -> str:
+    return kind[:-1].replace("_", " ")
+
+
+# -- raw data: load, override ---------------------------------------------------------
+
+def read_toml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([("", f"spec file {path} not found")], str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([("", f"cannot read spec file {path}: {exc}")], str(path)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([("", f"not valid TOML: {exc}")], str(path)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value); the value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise SpecError([("--set", f"expected KEY=VALUE, got {text!r}")])
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError([("--set", f"bad key {key!r}: expected dotted names like train.lr")])
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_override(data: dict, parts: list[str], value: Any) -> None:
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str):  # `loss = "mse"`, then --set tasks.x.loss.name=... or loss.option=...
+            child = {"name": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise SpecError([(".".join(parts[: i + 1]), f"is {describe(child)}, cannot set a key inside it")])
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+# -- structure + semantic checks ----------------------------------------------------------
+
+def structure_spec(data: dict, registry: Registry, source: str | None = None, check_files: bool = True) -> Spec:
+    """Data -> Spec, or SpecError with every problem. ``check_files=False`` skips the
+    data directory and file checks (reloading a finished run elsewhere)."""
+    raw = data.get("data")
+    raw_dir = raw.get("dir", DataSpec.dir) if isinstance(raw, dict) else DataSpec.dir
+    data_dir = Path(raw_dir).expanduser() if isinstance(raw_dir, str) and check_files else None
+    found = data_dir is not None and data_dir.is_dir()
+    structurer = SpecStructurer(registry, data_dir if found else None)
+    spec = structurer.structure_attrs(Spec, data, "")
+    if data_dir is not None and not found:
+        structurer.problem("data.dir", f"directory {data_dir} not found (set data.dir, or MTBERT_DATA)")
+    if structurer.problems:
+        raise SpecError(structurer.problems, source)
+    return spec
+
+
+def load_spec(path: str | Path, registry: Registry, overrides: tuple[str, ...] = (),
+              env: dict | None = None, check_files: bool = True) -> Spec:
+    env = os.environ if env is None else env
+    data = read_toml(Path(path))
+    if env.get("MTBERT_DATA"):
+        apply_override(data, ["data", "dir"], env["MTBERT_DATA"])
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    return structure_spec(data, registry, str(path), check_files)
+
+
+def _check_step_contract(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
+    sampler = registry.get("samplers", spec.sampler.name).factory
+    gradient = registry.get("gradient_methods", spec.gradient.name).factory
+    if getattr(gradient, "needs_all_tasks", False) and getattr(sampler, "one_task_per_step", True):
+        return [("gradient", f"\"{spec.gradient.name}\" combines every task's gradient in the same "
+                 f"step, but sampler \"{spec.sampler.name}\" draws one task per step, so it would "
+                 "never see two tasks at once; use sampler = \"all_tasks\"")]
+    return []
+
+
+def _check_task(name: str, task: TaskSpec, registry: Registry):
+    path = f"tasks.{name}"
+    if not TASK_NAME.match(name):
+        yield path, "task names are lower-case letters, digits, '_' or '-' (they name output files)"
+    head = registry.get("heads", task.head.name).factory
+    kind = head.labels(task.head.options).kind
+    loss = registry.get("losses", task.loss.name).factory
+    if kind not in getattr(loss, "accepts", ()):
+        yield (f"{path}.loss", f"\"{task.loss.name}\" trains {', '.join(sorted(loss.accepts))} outputs, "
+               f"but head \"{task.head.name}\" gives {kind} outputs")
+    for i, metric in enumerate(task.metrics):
+        accepts = getattr(registry.get("metrics", metric.name).factory, "accepts", ())
+        if kind not in accepts:
+            yield (f"{path}.metrics[{i}]", f"\"{metric.name}\" scores {', '.join(sorted(accepts))} "
+                   f"predictions, but head \"{task.head.name}\" gives {kind} ones")
+    if getattr(head, "pair_encoding", "cross") == "bi" and task.data.text_pair is None:
+        yield f"{path}.head", f"\"{task.head.name}\" encodes sentence pairs, but the task has no data.text_pair"
+    if task.data.label_names is not None:
+        classes = {"binary": 2, "multiclass": head.labels(task.head.options).num_labels}.get(kind)
+        if classes is None:
+            yield f"{path}.data.label_names", "label names are for classification tasks"
+        elif len(task.data.label_names) != classes:
+            yield (f"{path}.data.label_names", f"{len(task.data.label_names)} names for a head with "
+                   f"{classes} classes; give one name per class, in class order")
+    if not task.data.train and not task.data.dev:
+        yield f"{path}.data", "give at least a train or a dev file"
+
+
+# -- back to data (the resolved spec saved in each run) ------------------------------------
+
+def unstructure(obj: Any) -> Any:
+    if isinstance(obj, ComponentSpec):
+        return obj.to_data()
+    if attrs.has(type(obj)):
+        out = {}
+        for field in attrs.fields(type(obj)):
+            value = getattr(obj, field.name)
+            if value is not None:
+                out[field.name] = unstructure(value)
+        return out
+    if isinstance(obj, dict):
+        return {k: unstructure(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [unstructure(v) for v in obj]
+    return obj
+
+
+def dump_spec(spec: Spec) -> str:
+    return tomli_w.dumps(unstructure(spec))

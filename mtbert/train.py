@@ -1,0 +1,266 @@
+"""THE training loop, top to bottom.
+
+One training step is the set of task batches the sampler names for it (the
+step contract, docs/architecture.md): the loop computes each task's loss
+(plus regularizer terms), hands ``{task: loss}`` and the shared parameters to
+the gradient method, and every ``accumulate`` steps clips, steps the
+optimizer and the schedule. Evaluation runs each epoch (or every
+``eval_every`` optimizer steps); the best overall score is checkpointed.
+Nothing in the step loop reads a value back from the device: losses are
+summed on the device and read once per ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from .build import build_model, build_tasks, make, param_groups
+from .checkpoint import load_weights, save_checkpoint
+from .data import TaskStream
+from .errors import MtbertError
+from .evaluate import overall, predict, score, to_device, write_predictions
+from .interfaces import SamplerContext
+from .registry import Registry
+from .rundir import RunDir
+from .spec import Spec
+
+log = logging.getLogger("mtbert")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def choose_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise MtbertError("train.device = \"cuda\" but no CUDA device is available; use \"auto\" or \"cpu\"")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA (precision auto or bf16); fp32 everywhere else."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+
+
+class Trainer:
+    """Built from a spec (model, data, optimizer: every data error is raised here,
+    before any run directory exists); ``fit(run)`` trains into a run directory."""
+
+    def __init__(self, spec: Spec, registry: Registry, progress: bool = True):
+        self.spec, self.registry = spec, registry
+        self.show_bar = progress and sys.stderr.isatty()
+        cfg = spec.train
+        seed_everything(spec.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = choose_device(cfg.device)
+        self.autocast = autocast_for(self.device, cfg.precision)
+
+        self.model = build_model(spec, registry)
+        tokenizer = self.model.encoder.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.tasks = build_tasks(spec, registry, tokenizer)  # reads and checks all data before training
+        self.model.to(self.device)
+
+        training = [t for t, parts in self.tasks.items() if "train" in parts.splits]
+        if not training:
+            raise MtbertError("no task has a train file; nothing to train (give tasks.<name>.data.train)")
+        self.streams = {t: TaskStream(self.tasks[t].splits["train"], cfg.batch_size, spec.seed + i,
+                                      self.pad_id, cfg.length_buckets) for i, t in enumerate(training)}
+        self.sampler, self.epochs, self.total_updates = self._plan_budget()
+        self.optimizer = make(registry, spec.optimizer, param_groups(self.model, cfg.lr, cfg.head_lr))
+        self.scheduler = make(registry, spec.scheduler, self.optimizer, self.total_updates)
+        self.gradient = make(registry, spec.gradient)
+        self.regularizers = [make(registry, r) for r in spec.regularizers]
+        self.shared = self.model.shared_parameters()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+        self.step = 0  # optimizer updates so far
+        self.micro = 0  # sampler steps so far
+        self.best: dict | None = None
+        self.grad_stats: dict[str, float] = {}
+        self.evals_since_best = 0
+        self.started = time.perf_counter()
+
+    def _plan_budget(self):
+        """(sampler, epochs, optimizer updates) from train.epochs or train.steps."""
+        cfg, spec = self.spec.train, self.spec
+        sizes = {t: len(s.split) for t, s in self.streams.items()}
+        batches = {t: s.batches_per_pass for t, s in self.streams.items()}
+        sampler = make(self.registry, spec.sampler, SamplerContext(sizes, batches, spec.epochs or 1, spec.seed))
+        per_epoch = sampler.steps_per_epoch()
+        if cfg.steps is None:
+            return sampler, spec.epochs, spec.epochs * per_epoch // cfg.accumulate
+        epochs = math.ceil(cfg.steps * cfg.accumulate / per_epoch)
+        sampler = make(self.registry, spec.sampler, SamplerContext(sizes, batches, epochs, spec.seed))
+        return sampler, epochs, cfg.steps
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self, run: RunDir) -> dict | None:
+        cfg = self.spec.train
+        self.run = run
+        self.writer = SummaryWriter(str(self.run.tb))
+        log.info("training %s on %s: %d epoch(s), %d optimizer steps, tasks %s",
+                 self.spec.name, self.device, self.epochs, self.total_updates, ", ".join(self.streams))
+        self.model.train()
+        self._reset_meter()
+        evaluated_at = -1
+        stop = False
+        for epoch in range(1, self.epochs + 1):
+            plan = self.sampler.plan(epoch)
+            bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{self.epochs}", disable=not self.show_bar,
+                       dynamic_ncols=True, leave=False)
+            for step_tasks in plan:
+                self._train_step(step_tasks)
+                bar.update(1)
+                if self.micro % cfg.accumulate:
+                    continue
+                self._update()
+                if self.step % cfg.log_every == 0:
+                    summary = self._log()
+                    bar.set_postfix_str(summary)
+                    if not self.show_bar:  # in a log file, a line per interval instead of a bar
+                        log.info("step %d/%d (epoch %d): %s", self.step, self.total_updates, epoch, summary)
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    stop = self._evaluate(epoch)
+                    evaluated_at = self.step
+                if stop or self.step >= self.total_updates:
+                    break
+            bar.close()
+            if cfg.eval_every is None and evaluated_at != self.step:
+                stop = self._evaluate(epoch) or stop
+                evaluated_at = self.step
+            if stop or self.step >= self.total_updates:
+                break
+        if evaluated_at != self.step:
+            self._evaluate(epoch)
+        self._finish()
+        self.writer.close()
+        return self.best
+
+    def _train_step(self, step_tasks: list[str]) -> None:
+        losses = {}
+        for task in step_tasks:
+            parts = self.tasks[task]
+            batch = to_device(self.streams[task].next_batch(), self.device)
+            with self.autocast():
+                output = self.model(task, batch)
+                loss = parts.loss(output, batch["labels"])
+                for regularizer in self.regularizers:
+                    loss = loss + regularizer.penalty(self.model, task, batch, output)
+            losses[task] = loss * (parts.weight / self.spec.train.accumulate)
+            self.loss_sum[task] = self.loss_sum.get(task, 0.0) + loss.detach().float()
+            self.loss_count[task] = self.loss_count.get(task, 0) + 1
+            self.examples += len(batch["labels"])
+        self.gradient.backward(losses, self.shared)
+        self.micro += 1
+
+    def _update(self) -> None:
+        self.grad_stats = self.gradient.finish(self.shared)
+        if self.spec.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for regularizer in self.regularizers:
+            regularizer.after_step(self.model)
+        self.step += 1
+
+    # -- logging -------------------------------------------------------------------------
+    def _reset_meter(self) -> None:
+        self.loss_sum: dict[str, torch.Tensor] = {}
+        self.loss_count: dict[str, int] = {}
+        self.examples = 0
+        self.meter_started = time.perf_counter()
+
+    def _log(self) -> str:
+        """Write the interval's scalars (the one device read-back per interval)."""
+        elapsed = max(time.perf_counter() - self.meter_started, 1e-9)
+        losses = {t: (s / self.loss_count[t]).item() for t, s in self.loss_sum.items()}
+        steps = sum(self.loss_count.values())
+        for task, value in losses.items():
+            self.writer.add_scalar(f"train/loss/{task}", value, self.step)
+            self.writer.add_scalar(f"sampler/share/{task}", self.loss_count[task] / steps, self.step)
+        for group in self.optimizer.param_groups:
+            self.writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], self.step)
+        throughput = self.examples / elapsed
+        self.writer.add_scalar("throughput/examples_per_s", throughput, self.step)
+        for key, value in self.grad_stats.items():
+            self.writer.add_scalar(f"gradient/{key}", value, self.step)
+        self._reset_meter()
+        return "loss " + " ".join(f"{t}={v:.3f}" for t, v in losses.items()) + f", {throughput:.0f} ex/s"
+
+    # -- evaluation and checkpoints -----------------------------------------------------------
+    def _evaluate(self, epoch: int) -> bool:
+        """Score every dev split; checkpoint a new best. Returns True to stop early."""
+        scores, predictions = {}, {}
+        for name, parts in self.tasks.items():
+            dev = parts.splits.get("dev")
+            if dev is None:
+                continue
+            predictions[name] = predict(self.model, name, dev, self.spec.train.eval_batch_size, self.device,
+                                        self.pad_id, self.autocast)
+            scores[name] = score(parts, predictions[name], dev.labels)
+        if not scores:
+            return False
+        record = {"step": self.step, "epoch": epoch, "tasks": scores, "overall": overall(self.tasks, scores),
+                  "elapsed_s": round(time.perf_counter() - self.started, 1)}
+        self.run.append_metrics(record)
+        for task, values in scores.items():
+            for metric, value in values.items():
+                self.writer.add_scalar(f"dev/{task}/{metric}", value, self.step)
+        self.writer.add_scalar("dev/overall", record["overall"], self.step)
+        log.info("step %d (epoch %d): overall %.4f  %s", self.step, epoch, record["overall"],
+                 "  ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in s.items()) for t, s in scores.items()))
+        if self.best is None or record["overall"] > self.best["overall"]:
+            self.best, self.evals_since_best = record, 0
+            save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": epoch,
+                                                              "overall": record["overall"]})
+            self.run.write_best(record)
+            for task, values in predictions.items():
+                parts = self.tasks[task]
+                write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
+                                  values, parts.prediction_column)
+            return False
+        self.evals_since_best += 1
+        patience = self.spec.train.early_stopping
+        if patience and self.evals_since_best >= patience:
+            log.info("early stopping: no better overall score in %d evaluations", patience)
+            return True
+        return False
+
+    def _finish(self) -> None:
+        """Test predictions from the best checkpoint (or the last weights when nothing was scored)."""
+        if self.best is None:
+            save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": self.epochs})
+        else:
+            load_weights(self.model, self.run.checkpoint)
+        for name, parts in self.tasks.items():
+            test = parts.splits.get("test")
+            if test is not None:
+                values = predict(self.model, name, test, self.spec.train.eval_batch_size, self.device,
+                                 self.pad_id, self.autocast)
+                write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
+                                  parts.prediction_column)
+
+
+def train(spec: Spec, registry: Registry, run: RunDir, progress: bool = True) -> dict | None:
+    return Trainer(spec, registry, progress).fit(run)

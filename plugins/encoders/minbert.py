@@ -1,0 +1,73 @@
+"""minbert: our own BERT (mtbert/encoder.py) loaded from a Hugging Face checkpoint.
+
+Options select the checkpoint (``pretrained``: 'minilm-l6', a directory or a
+hub id) and can override dropout. ``init = "random"`` keeps the checkpoint's
+architecture and tokenizer but starts from random weights, optionally resized
+(``num_layers`` ...): that is how tests get a tiny encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from mtbert import pretrained
+from mtbert.encoder import BertConfig, MinBert, load_hf_weights
+from mtbert.errors import CheckpointError
+from mtbert.hookspecs import hookimpl
+from mtbert.structure import at_least, probability
+
+log = logging.getLogger(__name__)
+SIZE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+
+
+@attrs.frozen
+class MinBertOptions:
+    pretrained: str = "minilm-l6"
+    init: Literal["pretrained", "random"] = "pretrained"
+    num_layers: int | None = attrs.field(default=None, validator=at_least(1))
+    hidden_size: int | None = attrs.field(default=None, validator=at_least(1))
+    num_heads: int | None = attrs.field(default=None, validator=at_least(1))
+    intermediate_size: int | None = attrs.field(default=None, validator=at_least(1))
+    dropout: float | None = attrs.field(default=None, validator=probability)
+    attention_dropout: float | None = attrs.field(default=None, validator=probability)
+
+    def check(self):
+        sizes = [f for f in SIZE_FIELDS if getattr(self, f) is not None]
+        if sizes and self.init == "pretrained":
+            yield sizes[0], 'size overrides need init = "random" (pretrained weights fix the sizes)'
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
+            yield "num_heads", f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+
+
+def _architecture(options: MinBertOptions, hf_config: dict) -> BertConfig:
+    model_type = hf_config.get("model_type", "bert")
+    if model_type != "bert":
+        raise CheckpointError(f"minbert loads BERT checkpoints, this one is model_type '{model_type}'")
+    config = BertConfig.from_hf(hf_config)
+    overrides = {f: getattr(options, f) for f in SIZE_FIELDS if getattr(options, f) is not None}
+    if options.dropout is not None:
+        overrides["hidden_dropout"] = options.dropout
+    if options.attention_dropout is not None:
+        overrides["attention_dropout"] = options.attention_dropout
+    return attrs.evolve(config, **overrides)
+
+
+def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> MinBert:
+    """Our own BERT in one file, loaded from Hugging Face safetensors."""
+    source = Path(restore) if restore is not None else pretrained.resolve(options.pretrained)
+    hf_config = pretrained.read_config(source)
+    model = MinBert(_architecture(options, hf_config), pretrained.load_tokenizer(source))
+    if restore is None and options.init == "pretrained":
+        ignored = load_hf_weights(model, pretrained.read_safetensors(source), str(source))
+        if ignored:
+            log.info("ignored %d non-encoder tensors in %s (e.g. %s)", len(ignored), source, ignored[0])
+    return model
+
+
+@hookimpl
+def register_encoders(register):
+    register("minbert", build_minbert, config=MinBertOptions)

@@ -1,0 +1,33 @@
+"""sgd: stochastic gradient descent with optional (Nesterov) momentum."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from mtbert.hookspecs import hookimpl
+from mtbert.interfaces import ParamGroup
+from mtbert.structure import at_least, in_range
+
+
+@attrs.frozen
+class SgdOptions:
+    momentum: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+    nesterov: bool = False
+    weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))
+
+    def check(self):
+        if self.nesterov and self.momentum == 0:
+            yield "nesterov", "Nesterov momentum needs momentum > 0"
+
+
+def build_sgd(options: SgdOptions, groups: list[ParamGroup]) -> torch.optim.Optimizer:
+    """SGD with optional momentum and weight decay."""
+    torch_groups = [{"params": g.params, "lr": g.lr, "name": g.name,
+                     "weight_decay": options.weight_decay if g.decay else 0.0} for g in groups]
+    return torch.optim.SGD(torch_groups, momentum=options.momentum, nesterov=options.nesterov)
+
+
+@hookimpl
+def register_optimizers(register):
+    register("sgd", build_sgd, config=SgdOptions)
