@@ -146,3 +146,27 @@ def test_outputs_of_a_run(registry, tmp_path):
     # round-robin over 2 tasks of 12 batches each: an epoch is 2 x 12 steps
     assert json.loads((out / "checkpoint" / "meta.json").read_text())["step"] == 24
     assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_new_task_in_toml_alone(registry, tmp_path):
+    """A JSONL task with text labels (binary sentiment) needs no code, only spec keys."""
+    rng = random.Random(1)
+    lines = []
+    for i in range(96):
+        label = "pos" if i % 2 else "neg"
+        words = rng.sample(FILLER, 4) + ["great" if label == "pos" else "awful"]
+        lines.append(json.dumps({"review": " ".join(words), "sentiment": label, "uid": f"u{i}"}))
+    (tmp_path / "imdb.jsonl").write_text("\n".join(lines) + "\n")
+    data = {
+        "name": "imdb", "encoder": dict(TINY_ENCODER), "data": {"dir": str(tmp_path), "max_length": 16},
+        "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3},
+        "tasks": {"imdb": {
+            "data": {"reader": "jsonl", "train": "imdb.jsonl", "dev": "imdb.jsonl", "text": "review",
+                     "label": "sentiment", "id": "uid", "label_names": ["neg", "pos"]},
+            "head": {"name": "binary", "pooling": "mean"}, "loss": "bce", "metrics": ["accuracy"]}},
+    }
+    spec = structure_spec(data, registry)
+    best = run(registry, spec, tmp_path / "run")
+    assert best["tasks"]["imdb"]["accuracy"] > 0.9
+    lines = (tmp_path / "run" / "predictions" / "imdb-dev-output.csv").read_text().splitlines()
+    assert lines[1].startswith("u0 , ")

@@ -1,0 +1,42 @@
+"""Every shipped example validates, and trains a few steps on the tiny encoder."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from mtbert.rundir import RunDir
+from mtbert.spec import load_spec, structure_spec
+from mtbert.train import Trainer
+
+from conftest import ROOT, TINY_ENCODER
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+
+
+def test_there_are_examples():
+    names = {p.stem for p in EXAMPLES}
+    assert {"baseline", "single_task_sst", "single_task_para", "single_task_sts"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_validates(path, registry, data_dir):
+    spec = load_spec(path, registry, env={"MTBERT_DATA": str(data_dir)})
+    assert spec.tasks
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_trains_a_few_steps(path, registry, data_dir, tmp_path):
+    data = tomllib.loads(path.read_text())
+    data["encoder"] = dict(TINY_ENCODER)
+    data["data"]["dir"] = str(data_dir)
+    data["train"] = {**data.get("train", {}), "steps": 2, "eval_every": 2}
+    data["train"].pop("epochs", None)
+    for task in data["tasks"].values():
+        task["data"]["limit"] = 64
+    spec = structure_spec(data, registry)
+    trainer = Trainer(spec, registry, progress=False)
+    best = trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
+    assert trainer.step == 2
+    assert set(best["tasks"]) == set(spec.tasks)
