@@ -63,7 +63,7 @@ def parse_label(raw, spec: LabelSpec, names: list[str] | None):
         if index >= (2 if spec.kind == "binary" else spec.num_labels or 0):
             raise ValueError(f"label {text!r} is class {index}, beyond the head's classes")
         return index
-    if spec.kind == "regression":
+    if spec.real_valued:
         try:
             value = float(text)
         except (TypeError, ValueError):
@@ -162,7 +162,7 @@ def load_split(task: str, split: str, path: Path, reader, columns, label_spec: L
         parts = [tokenize(tokenizer, rows.texts, rows.pairs, max_length)]
     labels = None
     if rows.labels is not None:
-        dtype = torch.float32 if label_spec.kind == "regression" else torch.long
+        dtype = torch.float32 if label_spec.real_valued else torch.long
         labels = torch.tensor(rows.labels, dtype=dtype)
     return Split(task, split, Path(path), rows.ids, parts, labels, rows.skipped)
 

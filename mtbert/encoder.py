@@ -110,9 +110,11 @@ class Layer(nn.Module):
     """One post-LN transformer layer.
 
     ``slots`` holds parallel branches added by adapters: each is called as
-    ``branch(h, a, task)`` with the layer input h and the post-attention state
-    a, and its result is added beside the feed-forward output before the last
-    LayerNorm -- exactly where PALs (Stickland & Murray 2019) put theirs.
+    ``branch(h, a, attn_mask, task)`` with the layer input h, the
+    post-attention state a and the [B, 1, 1, T] boolean key mask; a tensor it
+    returns is added beside the feed-forward output before the last LayerNorm
+    -- exactly where PALs (Stickland & Murray 2019) put theirs -- and None
+    means "nothing for this task".
     """
 
     def __init__(self, c: BertConfig):
@@ -129,7 +131,9 @@ class Layer(nn.Module):
         # F.gelu's default is the exact erf form BERT uses, not the tanh approximation.
         z = a + self.dropout(self.ffn_out(F.gelu(self.ffn_in(a))))
         for branch in self.slots:
-            z = z + branch(h, a, task)
+            extra = branch(h, a, attn_mask, task)
+            if extra is not None:
+                z = z + extra
         return self.norm(z)
 
 

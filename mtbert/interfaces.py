@@ -16,7 +16,10 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-OUTPUT_KINDS = ("multiclass", "binary", "regression")
+# What a head outputs: class logits, one logit, a score in label units, or a
+# cosine similarity in [-1, 1] (bi-encoder heads; their labels are real values
+# and their predictions map the cosine onto the label range).
+OUTPUT_KINDS = ("multiclass", "binary", "regression", "similarity")
 
 
 class Encoded(NamedTuple):
@@ -33,8 +36,12 @@ class LabelSpec:
 
     kind: str  # one of OUTPUT_KINDS
     num_labels: int | None = None  # multiclass only
-    low: float | None = None  # regression: allowed label range, if any
+    low: float | None = None  # regression / similarity: allowed label range, if any
     high: float | None = None
+
+    @property
+    def real_valued(self) -> bool:
+        return self.kind in ("regression", "similarity")
 
 
 # -- encoders: factory(config, *, restore: Path | None = None) -> Encoder -------
@@ -44,6 +51,9 @@ class Encoder(nn.Module):
     ``restore`` is a checkpoint directory previously filled by
     ``save_architecture``: build the same architecture (weights are loaded by
     the core afterwards) without touching the original source.
+
+    A factory with the attribute ``layer_slots = True`` promises encoders with
+    ``layer_slots``; validation refuses adapters that need slots otherwise.
     """
 
     hidden_size: int
@@ -51,6 +61,8 @@ class Encoder(nn.Module):
     # Per-layer ModuleLists where adapters add parallel branches (see
     # mtbert.encoder.Layer); None for encoders without such slots.
     layer_slots: list[nn.ModuleList] | None = None
+    # The transformer layers in order (for training only the last k of them).
+    layers: nn.ModuleList
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """Input embeddings (what SMART perturbs)."""
@@ -86,11 +98,12 @@ class Head(nn.Module):
     "bi" (each sentence encoded alone, forward gets a tuple of two).
     """
 
-    output_kind: ClassVar[str]
+    output_kind: str  # a class attribute, or set per instance when it depends on the config
     pair_encoding: ClassVar[str] = "cross"
 
     @classmethod
     def labels(cls, config) -> LabelSpec:
+        """What the task's labels must be; validation and the data reader use it."""
         return LabelSpec(cls.output_kind, getattr(config, "num_labels", None))
 
     def forward(self, encoded):  # Encoded | tuple[Encoded, Encoded] -> Tensor
@@ -190,8 +203,11 @@ class GradientMethod:
     def backward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> None:
         raise NotImplementedError
 
-    def finish(self, shared: list[nn.Parameter]) -> dict[str, float]:
-        """Called before the optimizer step; returns statistics to log."""
+    def finish(self, shared: list[nn.Parameter]) -> dict[str, Tensor | float]:
+        """Called before the optimizer step; returns statistics to log.
+
+        Values may stay on the device: the loop reads them only once per
+        logging interval, never in the step."""
         return {}
 
 
@@ -207,6 +223,10 @@ class Regularizer:
 
 
 # -- adapters: factory(config, encoder, tasks: list[str]) -> nn.Module ----------------
-# The factory installs the adapter into the encoder (layer_slots or wrapped
-# linears) and returns a module holding its parameters. Class attribute
+# The factory either installs the adapter inside the encoder (a branch in each
+# of ``encoder.layer_slots``, or wrapped linears) or gives the returned module
+# a ``transform(encoded, task) -> Encoded`` method, which the model applies to
+# the encoder's output before the heads. It returns a module holding the
+# adapter's parameters. A module with ``task_specific = True`` is left out of
+# the shared parameters that gradient methods treat. A factory attribute
 # ``needs_layer_slots = True`` makes validation refuse encoders without slots.

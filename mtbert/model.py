@@ -12,25 +12,45 @@ class MultitaskModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.heads = nn.ModuleDict(heads)
-        # Adapter modules also live inside the encoder's slots; holding them
-        # here too makes them easy to find (freezing, learning rates).
+        # Adapters that installed themselves inside the encoder (layer slots,
+        # wrapped linears) are held here too, so they are easy to find for
+        # freezing; those with a ``transform`` method act on the encoder's
+        # output, shared by all heads (e.g. report 002's BiLSTM).
         self.adapters = nn.ModuleList(adapters)
+        self.on_top = [a for a in adapters if hasattr(a, "transform")]
 
     def encode(self, task: str, batch: dict[str, Tensor], suffix: str = "",
                inputs_embeds: Tensor | None = None) -> Encoded:
-        return self.encoder(batch["input_ids" + suffix], batch["attention_mask" + suffix],
-                            batch["token_type_ids" + suffix], task=task, inputs_embeds=inputs_embeds)
+        encoded = self.encoder(batch["input_ids" + suffix], batch["attention_mask" + suffix],
+                               batch["token_type_ids" + suffix], task=task, inputs_embeds=inputs_embeds)
+        for adapter in self.on_top:
+            encoded = adapter.transform(encoded, task)
+        return encoded
 
-    def forward(self, task: str, batch: dict[str, Tensor], inputs_embeds: Tensor | None = None) -> Tensor:
-        """The task head's output for a batch (a bi-encoded pair carries ``*_b`` keys)."""
+    def forward(self, task: str, batch: dict[str, Tensor], inputs_embeds=None) -> Tensor:
+        """The task head's output for a batch.
+
+        A bi-encoded pair carries ``*_b`` keys and is encoded in two passes;
+        ``inputs_embeds`` (what SMART perturbs) is then a pair of tensors.
+        """
         if "input_ids_b" in batch:
-            encoded = (self.encode(task, batch), self.encode(task, batch, "_b"))
+            first, second = inputs_embeds if inputs_embeds is not None else (None, None)
+            encoded = (self.encode(task, batch, "", first), self.encode(task, batch, "_b", second))
         else:
             encoded = self.encode(task, batch, inputs_embeds=inputs_embeds)
         return self.heads[task](encoded)
 
+    def embed(self, batch: dict[str, Tensor]):
+        """The input embeddings of a batch: one tensor, or a pair for a bi-encoded pair."""
+        embed = self.encoder.embed
+        if "input_ids_b" in batch:
+            return (embed(batch["input_ids"], batch["token_type_ids"]),
+                    embed(batch["input_ids_b"], batch["token_type_ids_b"]))
+        return embed(batch["input_ids"], batch["token_type_ids"])
+
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters every task's loss reaches (what gradient methods treat)."""
-        task_specific = {id(p) for m in self.modules() if getattr(m, "task_specific", False)
-                         for p in m.parameters()}
-        return [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in task_specific]
+        """Trainable parameters shared by all tasks (what gradient methods treat):
+        everything but the heads and modules marked ``task_specific`` (e.g. PALs)."""
+        own = {id(p) for m in [self.heads, *(m for m in self.modules() if getattr(m, "task_specific", False))]
+               for p in m.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]

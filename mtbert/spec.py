@@ -26,6 +26,9 @@ from .registry import Registry
 from .structure import Structurer, at_least, describe, greater_than, join, non_empty
 
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+# What a phase trains: everything, the heads, the adapters (+ heads), or the
+# last `last_layers` encoder layers (+ pooler, adapters and heads).
+Trainable = Literal["all", "heads", "adapters", "last_layers"]
 
 
 @attrs.frozen
@@ -40,9 +43,18 @@ class ComponentSpec:
         return {"name": self.name, **unstructure(self.options)}
 
 
-def component(kind: str, default: str | None = None, **kwargs):
+_UNSET = object()
+
+
+def component(kind: str, default=_UNSET, **kwargs):
+    """A field holding a component (or a list of them) of ``kind``.
+
+    A string or list default is spec data, structured like a user's value;
+    ``default=None`` makes the component optional."""
     metadata = {"kind": kind}
-    if default is not None:
+    if default is None:
+        return attrs.field(default=None, metadata=metadata, **kwargs)
+    if default is not _UNSET:
         metadata["raw_default"] = default
     return attrs.field(metadata=metadata, **kwargs)
 
@@ -99,10 +111,32 @@ class TrainSpec:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     log_every: int = attrs.field(default=50, validator=at_least(1))
     threads: int | None = attrs.field(default=None, validator=at_least(1))
+    trainable: Trainable = "all"
+    last_layers: int = attrs.field(default=1, validator=at_least(1))  # with trainable = "last_layers"
 
     def check(self):
         if self.epochs is not None and self.steps is not None:
             yield "steps", "give epochs or steps, not both"
+
+
+@attrs.frozen(kw_only=True)
+class PhaseSpec:
+    """One stage of a run; what it leaves out comes from the top level and [train]."""
+
+    name: str | None = None
+    tasks: list[str] | None = attrs.field(default=None, validator=non_empty)  # default: every task
+    sampler: ComponentSpec | None = component("samplers", default=None)
+    gradient: ComponentSpec | None = component("gradient_methods", default=None)
+    trainable: Trainable | None = None
+    last_layers: int | None = attrs.field(default=None, validator=at_least(1))
+    epochs: int | None = attrs.field(default=None, validator=at_least(1))
+    steps: int | None = attrs.field(default=None, validator=at_least(1))
+    lr: float | None = attrs.field(default=None, validator=greater_than(0.0))
+    head_lr: float | None = attrs.field(default=None, validator=greater_than(0.0))
+
+    def check(self):
+        if (self.epochs is None) == (self.steps is None):
+            yield "epochs", "give each phase its length: epochs or steps (one of them)"
 
 
 @attrs.frozen(kw_only=True)
@@ -120,13 +154,7 @@ class Spec:
     regularizers: list[ComponentSpec] = component("regularizers", default=[])
     adapters: list[ComponentSpec] = component("adapters", default=[])
     train: TrainSpec = attrs.Factory(TrainSpec)
-
-    @property
-    def epochs(self) -> int | None:
-        """The run's length in epochs (3 when neither epochs nor steps is given)."""
-        if self.train.steps is not None:
-            return self.train.epochs
-        return self.train.epochs or 3
+    phases: list[PhaseSpec] = attrs.Factory(list)  # none: one phase made of [train]
 
 
 class SpecStructurer(Structurer):
@@ -147,7 +175,7 @@ class SpecStructurer(Structurer):
         if obj is not None and cls is TaskSpec:
             self.problems += _check_task(path.split(".", 1)[1], obj, self.registry)
         if obj is not None and cls is Spec:
-            self.problems += _check_step_contract(obj, self.registry)
+            self.problems += _check_run(obj, self.registry)
         return obj
 
     def special(self, tp, value, path, field):
@@ -266,14 +294,38 @@ def load_spec(path: str | Path, registry: Registry, overrides: tuple[str, ...] =
     return structure_spec(data, registry, str(path), check_files)
 
 
-def _check_step_contract(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
-    sampler = registry.get("samplers", spec.sampler.name).factory
-    gradient = registry.get("gradient_methods", spec.gradient.name).factory
-    if getattr(gradient, "needs_all_tasks", False) and getattr(sampler, "one_task_per_step", True):
-        return [("gradient", f"\"{spec.gradient.name}\" combines every task's gradient in the same "
-                 f"step, but sampler \"{spec.sampler.name}\" draws one task per step, so it would "
-                 "never see two tasks at once; use sampler = \"all_tasks\"")]
-    return []
+def _check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
+    """Checks across the whole spec: phases, the step contract, adapters."""
+    from .phases import resolve_phases
+
+    problems = []
+    for i, phase in enumerate(spec.phases):
+        for task in phase.tasks or ():
+            if task not in spec.tasks:
+                problems.append((f"phases[{i}].tasks", f"unknown task {task!r}; tasks: {', '.join(spec.tasks)}"))
+    if problems:
+        return problems
+    for phase in resolve_phases(spec):
+        where = phase.where
+        sampler = registry.get("samplers", phase.sampler.name).factory
+        gradient = registry.get("gradient_methods", phase.gradient.name).factory
+        if getattr(gradient, "needs_all_tasks", False) and getattr(sampler, "one_task_per_step", True):
+            problems.append((where("gradient"), f"\"{phase.gradient.name}\" combines every task's gradient "
+                             f"in the same step, but sampler \"{phase.sampler.name}\" draws one task per step, "
+                             "so it would never see two tasks at once; use sampler = \"all_tasks\""))
+        untrained = [t for t in phase.tasks if not spec.tasks[t].data.train]
+        if untrained:
+            problems.append((where("tasks"), f"task(s) {', '.join(untrained)} have no train file"))
+        if phase.trainable == "adapters" and not spec.adapters:
+            problems.append((where("trainable"), "\"adapters\" trains the adapters and heads, "
+                             "but the spec has no adapters"))
+    encoder = registry.get("encoders", spec.encoder.name).factory
+    for i, adapter in enumerate(spec.adapters):
+        factory = registry.get("adapters", adapter.name).factory
+        if getattr(factory, "needs_layer_slots", False) and not getattr(encoder, "layer_slots", False):
+            problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
+                             f"which encoder \"{spec.encoder.name}\" does not offer; use encoder \"minbert\""))
+    return problems
 
 
 def _check_task(name: str, task: TaskSpec, registry: Registry):
@@ -296,7 +348,7 @@ def _check_task(name: str, task: TaskSpec, registry: Registry):
     if task.data.label_names is not None:
         classes = {"binary": 2, "multiclass": head.labels(task.head.options).num_labels}.get(kind)
         if classes is None:
-            yield f"{path}.data.label_names", "label names are for classification tasks"
+            yield f"{path}.data.label_names", "label names are for classification tasks"  # real-valued labels
         elif len(task.data.label_names) != classes:
             yield (f"{path}.data.label_names", f"{len(task.data.label_names)} names for a head with "
                    f"{classes} classes; give one name per class, in class order")

@@ -31,6 +31,7 @@ from .data import TaskStream
 from .errors import MtbertError
 from .evaluate import overall, predict, score, to_device, write_predictions
 from .interfaces import SamplerContext
+from .phases import Phase, resolve_phases, set_trainable
 from .registry import Registry
 from .rundir import RunDir
 from .spec import Spec
@@ -61,8 +62,8 @@ def autocast_for(device: torch.device, precision: str):
 
 
 class Trainer:
-    """Built from a spec (model, data, optimizer: every data error is raised here,
-    before any run directory exists); ``fit(run)`` trains into a run directory."""
+    """Built from a spec (model, data: every data error is raised here, before
+    any run directory exists); ``fit(run)`` trains into a run directory."""
 
     def __init__(self, spec: Spec, registry: Registry, progress: bool = True):
         self.spec, self.registry = spec, registry
@@ -85,49 +86,66 @@ class Trainer:
             raise MtbertError("no task has a train file; nothing to train (give tasks.<name>.data.train)")
         self.streams = {t: TaskStream(self.tasks[t].splits["train"], cfg.batch_size, spec.seed + i,
                                       self.pad_id, cfg.length_buckets) for i, t in enumerate(training)}
-        self.sampler, self.epochs, self.total_updates = self._plan_budget()
-        self.optimizer = make(registry, spec.optimizer, param_groups(self.model, cfg.lr, cfg.head_lr))
-        self.scheduler = make(registry, spec.scheduler, self.optimizer, self.total_updates)
-        self.gradient = make(registry, spec.gradient)
+        self.phases = resolve_phases(spec)
         self.regularizers = [make(registry, r) for r in spec.regularizers]
-        self.shared = self.model.shared_parameters()
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
-        self.step = 0  # optimizer updates so far
-        self.micro = 0  # sampler steps so far
+        self.step = 0  # optimizer updates so far, over all phases
         self.best: dict | None = None
-        self.grad_stats: dict[str, float] = {}
         self.evals_since_best = 0
+        self.evaluated_at = -1
         self.started = time.perf_counter()
 
-    def _plan_budget(self):
-        """(sampler, epochs, optimizer updates) from train.epochs or train.steps."""
-        cfg, spec = self.spec.train, self.spec
-        sizes = {t: len(s.split) for t, s in self.streams.items()}
-        batches = {t: s.batches_per_pass for t, s in self.streams.items()}
-        sampler = make(self.registry, spec.sampler, SamplerContext(sizes, batches, spec.epochs or 1, spec.seed))
-        per_epoch = sampler.steps_per_epoch()
-        if cfg.steps is None:
-            return sampler, spec.epochs, spec.epochs * per_epoch // cfg.accumulate
-        epochs = math.ceil(cfg.steps * cfg.accumulate / per_epoch)
-        sampler = make(self.registry, spec.sampler, SamplerContext(sizes, batches, epochs, spec.seed))
-        return sampler, epochs, cfg.steps
+    def _plan_budget(self, phase: Phase):
+        """(sampler, epochs, optimizer updates) of a phase, from its epochs or steps."""
+        accumulate = self.spec.train.accumulate
+        sizes = {t: len(self.streams[t].split) for t in phase.tasks}
+        batches = {t: self.streams[t].batches_per_pass for t in phase.tasks}
+
+        def sampler_for(epochs):
+            return make(self.registry, phase.sampler, SamplerContext(sizes, batches, epochs, self.spec.seed))
+
+        if phase.steps is None:
+            sampler = sampler_for(phase.epochs)
+            return sampler, phase.epochs, max(1, phase.epochs * sampler.steps_per_epoch() // accumulate)
+        epochs = math.ceil(phase.steps * accumulate / sampler_for(1).steps_per_epoch())
+        return sampler_for(epochs), epochs, phase.steps
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self, run: RunDir) -> dict | None:
-        cfg = self.spec.train
         self.run = run
         self.writer = SummaryWriter(str(self.run.tb))
-        log.info("training %s on %s: %d epoch(s), %d optimizer steps, tasks %s",
-                 self.spec.name, self.device, self.epochs, self.total_updates, ", ".join(self.streams))
         self.model.train()
+        for phase in self.phases:
+            self._run_phase(phase)
+        if self.evaluated_at != self.step:
+            self._evaluate()
+        self._finish()
+        self.writer.close()
+        return self.best
+
+    def _run_phase(self, phase: Phase) -> None:
+        cfg = self.spec.train
+        self.phase = phase
+        trainable = set_trainable(self.model, phase)
+        self.sampler, epochs, total = self._plan_budget(phase)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make(self.registry, self.spec.optimizer, param_groups(self.model, phase.lr, phase.head_lr))
+        self.scheduler = make(self.registry, self.spec.scheduler, self.optimizer, total)
+        self.gradient = make(self.registry, phase.gradient)
+        self.shared = self.model.shared_parameters()
+        self.model.zero_grad(set_to_none=True)
+        self.micro, self.grad_stats, self.evals_since_best = 0, {}, 0
         self._reset_meter()
-        evaluated_at = -1
-        stop = False
-        for epoch in range(1, self.epochs + 1):
+        log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%.1fM params)",
+                 phase.name if len(self.phases) > 1 else self.spec.name, self.device, epochs, total,
+                 ", ".join(phase.tasks), phase.sampler.name, phase.trainable, trainable / 1e6)
+        start = self.step
+        for epoch in range(1, epochs + 1):
+            self.epoch = epoch
             plan = self.sampler.plan(epoch)
-            bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{self.epochs}", disable=not self.show_bar,
+            bar = tqdm(total=len(plan), desc=f"{phase.name} epoch {epoch}/{epochs}", disable=not self.show_bar,
                        dynamic_ncols=True, leave=False)
+            stop = False
             for step_tasks in plan:
                 self._train_step(step_tasks)
                 bar.update(1)
@@ -138,23 +156,16 @@ class Trainer:
                     summary = self._log()
                     bar.set_postfix_str(summary)
                     if not self.show_bar:  # in a log file, a line per interval instead of a bar
-                        log.info("step %d/%d (epoch %d): %s", self.step, self.total_updates, epoch, summary)
+                        log.info("step %d (%s epoch %d/%d): %s", self.step, phase.name, epoch, epochs, summary)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    stop = self._evaluate(epoch)
-                    evaluated_at = self.step
-                if stop or self.step >= self.total_updates:
+                    stop = self._evaluate()
+                if stop or self.step - start >= total:
                     break
             bar.close()
-            if cfg.eval_every is None and evaluated_at != self.step:
-                stop = self._evaluate(epoch) or stop
-                evaluated_at = self.step
-            if stop or self.step >= self.total_updates:
-                break
-        if evaluated_at != self.step:
-            self._evaluate(epoch)
-        self._finish()
-        self.writer.close()
-        return self.best
+            if cfg.eval_every is None and self.evaluated_at != self.step:
+                stop = self._evaluate() or stop
+            if stop or self.step - start >= total:
+                return
 
     def _train_step(self, step_tasks: list[str]) -> None:
         losses = {}
@@ -204,13 +215,15 @@ class Trainer:
         throughput = self.examples / elapsed
         self.writer.add_scalar("throughput/examples_per_s", throughput, self.step)
         for key, value in self.grad_stats.items():
-            self.writer.add_scalar(f"gradient/{key}", value, self.step)
+            self.writer.add_scalar(f"gradient/{key}", float(value), self.step)
         self._reset_meter()
         return "loss " + " ".join(f"{t}={v:.3f}" for t, v in losses.items()) + f", {throughput:.0f} ex/s"
 
     # -- evaluation and checkpoints -----------------------------------------------------------
-    def _evaluate(self, epoch: int) -> bool:
-        """Score every dev split; checkpoint a new best. Returns True to stop early."""
+    def _evaluate(self) -> bool:
+        """Score every dev split; checkpoint a new best. Returns True to stop the phase early."""
+        self.evaluated_at = self.step
+        epoch = self.epoch
         scores, predictions = {}, {}
         for name, parts in self.tasks.items():
             dev = parts.splits.get("dev")
@@ -223,6 +236,8 @@ class Trainer:
             return False
         record = {"step": self.step, "epoch": epoch, "tasks": scores, "overall": overall(self.tasks, scores),
                   "elapsed_s": round(time.perf_counter() - self.started, 1)}
+        if len(self.phases) > 1:
+            record["phase"] = self.phase.name
         self.run.append_metrics(record)
         for task, values in scores.items():
             for metric, value in values.items():
@@ -243,14 +258,14 @@ class Trainer:
         self.evals_since_best += 1
         patience = self.spec.train.early_stopping
         if patience and self.evals_since_best >= patience:
-            log.info("early stopping: no better overall score in %d evaluations", patience)
+            log.info("early stopping %s: no better overall score in %d evaluations", self.phase.name, patience)
             return True
         return False
 
     def _finish(self) -> None:
         """Test predictions from the best checkpoint (or the last weights when nothing was scored)."""
         if self.best is None:
-            save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": self.epochs})
+            save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": self.epoch})
         else:
             load_weights(self.model, self.run.checkpoint)
         for name, parts in self.tasks.items():

@@ -305,8 +305,8 @@ def test_correlation_normalized_maps_to_unit_interval(registry):
 def test_metric_accepts(registry):
     assert build(registry, "metrics", "accuracy", MULTI).accepts == {"multiclass", "binary"}
     assert build(registry, "metrics", "f1", MULTI).accepts == {"multiclass", "binary"}
-    assert build(registry, "metrics", "pearson", REGRESSION).accepts == {"regression"}
-    assert build(registry, "metrics", "spearman", REGRESSION).accepts == {"regression"}
+    assert build(registry, "metrics", "pearson", REGRESSION).accepts == {"regression", "similarity"}
+    assert build(registry, "metrics", "spearman", REGRESSION).accepts == {"regression", "similarity"}
 
 
 # -- the overall score ---------------------------------------------------------------------

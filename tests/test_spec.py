@@ -43,7 +43,9 @@ def test_valid_spec_fills_defaults(registry, tmp_path):
     assert spec.sampler.name == "round_robin" and spec.gradient.name == "sum"
     assert spec.tasks["sent"].head.options.num_labels == 2
     assert spec.tasks["sent"].head.options.dropout == 0.1  # the plugin's default
-    assert spec.train.lr == 2e-5 and spec.epochs == 3
+    assert spec.train.lr == 2e-5
+    from mtbert.phases import resolve_phases
+    assert [(p.epochs, p.steps, p.tasks) for p in resolve_phases(spec)] == [(3, None, ["sent", "sim"])]
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         spec.train.lr = 1.0
 

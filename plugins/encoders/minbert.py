@@ -68,6 +68,9 @@ def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> Mi
     return model
 
 
+build_minbert.layer_slots = True  # PALs and other per-layer adapters can plug in
+
+
 @hookimpl
 def register_encoders(register):
     register("minbert", build_minbert, config=MinBertOptions)

@@ -31,7 +31,7 @@ def ranks(x: Tensor) -> Tensor:
 class Pearson(Metric):
     """Pearson correlation coefficient r."""
 
-    accepts = frozenset({"regression"})
+    accepts = frozenset({"regression", "similarity"})
     range = (-1.0, 1.0)
 
     def __init__(self, options, labels: LabelSpec):
