@@ -30,8 +30,8 @@ REQUIRED = {
     "samplers": ("plan", "steps_per_epoch"),
     "optimizers": ("step", "zero_grad", "param_groups"),
     "schedulers": ("step", "get_last_lr"),
-    "gradient_methods": ("backward", "finish"),
-    "regularizers": ("penalty", "after_step"),
+    "gradient_methods": ("setup", "backward", "finish"),
+    "regularizers": ("penalty", "after_step", "stats"),
     "adapters": ("parameters",),
 }
 
@@ -90,7 +90,7 @@ def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev
                                            spec.data.max_length, pair_encoding(registry, task.head),
                                            labeled=split != "test")
         metrics = {m.name: make(registry, m, labels) for m in task.metrics}
-        tasks[name] = TaskParts(name, task.weight, make(registry, task.loss), metrics, labels, loaded,
+        tasks[name] = TaskParts(name, task.weight, make(registry, task.loss, labels), metrics, labels, loaded,
                                 task.prediction_column)
     return tasks
 

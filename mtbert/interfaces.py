@@ -114,7 +114,7 @@ class Head(nn.Module):
         raise NotImplementedError
 
 
-# -- losses: factory(config) -> Loss ------------------------------------------------
+# -- losses: factory(config, labels: LabelSpec) -> Loss ------------------------------
 class Loss:
     accepts: ClassVar[frozenset[str]]  # head output kinds it can train
 
@@ -192,18 +192,25 @@ class ParamGroup:
 class GradientMethod:
     """Per-task losses of one (micro-)step -> gradients.
 
-    ``backward`` is called once per micro-batch with each task's loss (already
-    weighted and divided by the accumulation count) and the shared
-    parameters; it must leave every parameter's ``.grad`` as the treatment
-    wants it summed. ``finish`` runs once before each optimizer step.
+    ``setup`` runs at the start of each phase with the shared parameters
+    (with their names) and the private ones (heads, task-specific adapters).
+    ``backward`` is called once per micro-batch with each task's loss
+    (already weighted and divided by the accumulation count) and must leave
+    ``.grad`` of every trainable parameter as the treatment wants it summed,
+    possibly only once ``finish`` has run; ``finish`` runs once before each
+    optimizer step.
     """
 
     needs_all_tasks: ClassVar[bool] = False
 
-    def backward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> None:
+    def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
+              tasks: list[str]) -> None:
+        self.shared, self.private, self.tasks = shared, private, tasks
+
+    def backward(self, losses: dict[str, Tensor]) -> None:
         raise NotImplementedError
 
-    def finish(self, shared: list[nn.Parameter]) -> dict[str, Tensor | float]:
+    def finish(self) -> dict[str, Tensor | float]:
         """Called before the optimizer step; returns statistics to log.
 
         Values may stay on the device: the loop reads them only once per
@@ -213,13 +220,20 @@ class GradientMethod:
 
 # -- regularizers: factory(config) -> Regularizer -----------------------------------
 class Regularizer:
-    """An extra loss term per task batch, and an optional update after each step."""
+    """An extra loss term per task batch, and an optional update after each step.
+
+    ``output`` is the head's output of the loop's own (clean) forward pass on
+    ``batch``, so a regularizer need not recompute it."""
 
     def penalty(self, model, task: str, batch: dict[str, Tensor], output: Tensor) -> Tensor:
         raise NotImplementedError
 
     def after_step(self, model) -> None:
         pass
+
+    def stats(self) -> dict[str, Tensor | float]:
+        """Values to log (read once per logging interval, like GradientMethod.finish's)."""
+        return {}
 
 
 # -- adapters: factory(config, encoder, tasks: list[str]) -> nn.Module ----------------

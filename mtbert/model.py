@@ -48,9 +48,9 @@ class MultitaskModel(nn.Module):
                     embed(batch["input_ids_b"], batch["token_type_ids_b"]))
         return embed(batch["input_ids"], batch["token_type_ids"])
 
-    def shared_parameters(self) -> list[nn.Parameter]:
+    def named_shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters shared by all tasks (what gradient methods treat):
         everything but the heads and modules marked ``task_specific`` (e.g. PALs)."""
         own = {id(p) for m in [self.heads, *(m for m in self.modules() if getattr(m, "task_specific", False))]
                for p in m.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in own]

@@ -132,7 +132,9 @@ class Trainer:
         self.optimizer = make(self.registry, self.spec.optimizer, param_groups(self.model, phase.lr, phase.head_lr))
         self.scheduler = make(self.registry, self.spec.scheduler, self.optimizer, total)
         self.gradient = make(self.registry, phase.gradient)
-        self.shared = self.model.shared_parameters()
+        shared = self.model.named_shared_parameters()
+        shared_ids = {id(p) for _, p in shared}
+        self.gradient.setup(shared, [p for p in self.trainable if id(p) not in shared_ids], phase.tasks)
         self.model.zero_grad(set_to_none=True)
         self.micro, self.grad_stats, self.evals_since_best = 0, {}, 0
         self._reset_meter()
@@ -181,11 +183,11 @@ class Trainer:
             self.loss_sum[task] = self.loss_sum.get(task, 0.0) + loss.detach().float()
             self.loss_count[task] = self.loss_count.get(task, 0) + 1
             self.examples += len(batch["labels"])
-        self.gradient.backward(losses, self.shared)
+        self.gradient.backward(losses)
         self.micro += 1
 
     def _update(self) -> None:
-        self.grad_stats = self.gradient.finish(self.shared)
+        self.grad_stats = self.gradient.finish()
         if self.spec.train.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.train.max_grad_norm)
         self.optimizer.step()
@@ -216,6 +218,9 @@ class Trainer:
         self.writer.add_scalar("throughput/examples_per_s", throughput, self.step)
         for key, value in self.grad_stats.items():
             self.writer.add_scalar(f"gradient/{key}", float(value), self.step)
+        for regularizer in self.regularizers:
+            for key, value in regularizer.stats().items():
+                self.writer.add_scalar(f"regularizer/{key}", float(value), self.step)
         self._reset_meter()
         return "loss " + " ".join(f"{t}={v:.3f}" for t, v in losses.items()) + f", {throughput:.0f} ex/s"
 

@@ -244,12 +244,12 @@ def test_sum_gradient_scalar_by_hand(registry):
     assert method.needs_all_tasks is False
     w = nn.Parameter(torch.tensor(2.0))
     # l1 = (3w - 1)^2 -> dl1/dw = 6 (3w - 1) = 30 at w = 2 ; l2 = 4w -> 4 ; total 34
-    method.backward({"a": (3 * w - 1) ** 2, "b": 4 * w}, [w])
+    method.backward({"a": (3 * w - 1) ** 2, "b": 4 * w})
     assert w.grad.item() == pytest.approx(34.0)
     # a second micro-batch accumulates into .grad: + dl/dw of 0.5 w^2 = w = 2
-    method.backward({"a": 0.5 * w ** 2}, [w])
+    method.backward({"a": 0.5 * w ** 2})
     assert w.grad.item() == pytest.approx(36.0)
-    assert method.finish([w]) == {}
+    assert method.finish() == {}
 
 
 def test_sum_gradient_equals_grad_of_summed_losses(registry):
@@ -270,7 +270,7 @@ def test_sum_gradient_equals_grad_of_summed_losses(registry):
     expected = torch.autograd.grad(step["cls"] + step["reg"], params)
 
     method = build(registry, "gradient_methods", "sum")
-    method.backward(losses(), list(shared.parameters()))
+    method.backward(losses())
     for p, g in zip(params, expected):
         assert p.grad is not None
         assert torch.allclose(p.grad, g, atol=1e-7)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtbert.hookspecs import hookimpl
 from mtbert.interfaces import GradientMethod
@@ -17,7 +17,7 @@ class Sum(GradientMethod):
     def __init__(self, options):
         pass
 
-    def backward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> None:
+    def backward(self, losses: dict[str, Tensor]) -> None:
         torch.stack(list(losses.values())).sum().backward()
 
 

@@ -21,7 +21,7 @@ class BinaryCrossEntropy(Loss):
 
     accepts = frozenset({"binary"})
 
-    def __init__(self, options: BceOptions):
+    def __init__(self, options: BceOptions, labels=None):
         self.pos_weight = options.pos_weight
 
     def __call__(self, output: Tensor, labels: Tensor) -> Tensor:

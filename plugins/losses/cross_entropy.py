@@ -22,7 +22,7 @@ class CrossEntropy(Loss):
 
     accepts = frozenset({"multiclass"})
 
-    def __init__(self, options: CrossEntropyOptions):
+    def __init__(self, options: CrossEntropyOptions, labels=None):
         self.label_smoothing = options.label_smoothing
 
     def __call__(self, output: Tensor, labels: Tensor) -> Tensor:

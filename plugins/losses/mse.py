@@ -14,7 +14,7 @@ class MeanSquaredError(Loss):
 
     accepts = frozenset({"regression"})
 
-    def __init__(self, options):
+    def __init__(self, options, labels=None):
         pass
 
     def __call__(self, output: Tensor, labels: Tensor) -> Tensor:
