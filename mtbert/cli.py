@@ -106,6 +106,23 @@ def run(spec, overrides, out, progress, verbose):
 
 
 @main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", "grid", multiple=True, required=True, metavar="KEY=V1,V2,...",
+              help="Values to try for one spec key (repeatable: every combination runs).")
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Sweep directory (default: <out>/<name>-sweep).")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@user_errors
+def sweep(spec, grid, overrides, out, progress):
+    """Train every combination of --grid values; print a table of their best dev metrics."""
+    setup_logging()
+    from .sweep import run_sweep
+
+    root = run_sweep(spec, registry(), grid, overrides, out, progress, echo=click.echo)
+    click.echo(f"sweep in {root}")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--task", required=True, help="Task name in the run's spec.")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))

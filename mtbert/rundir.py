@@ -28,6 +28,20 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def free_dir(default: Path, explicit: str | Path | None = None) -> Path:
+    """``explicit`` if it holds nothing (else an error), or the first free ``default[-n]``."""
+    if explicit is not None:
+        path = Path(explicit)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise MtbertError(f"{path} already holds files; choose another --out (nothing was changed)")
+        return path
+    path, n = default, 1
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
+        n += 1
+        path = default.with_name(f"{default.name}-{n}")
+    return path
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -39,17 +53,8 @@ class RunDir:
         self.predictions = self.path / "predictions"
 
     @classmethod
-    def create(cls, spec: Spec, out: str | None = None) -> "RunDir":
-        if out is not None:
-            path = Path(out)
-            if path.exists() and any(path.iterdir()):
-                raise MtbertError(f"{path} already holds files; choose another --out (nothing was changed)")
-        else:
-            base = Path(spec.out) / spec.name
-            path, n = base, 1
-            while path.exists() and any(path.iterdir()):
-                n += 1
-                path = base.with_name(f"{base.name}-{n}")
+    def create(cls, spec: Spec, out: str | Path | None = None) -> "RunDir":
+        path = free_dir(Path(spec.out) / spec.name, out)
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         run.spec.write_text(dump_spec(spec), encoding="utf-8")

@@ -1,1 +1,117 @@
-"""(being written)"""
+"""hf: any Hugging Face ``transformers.AutoModel`` as the shared encoder.
+
+For users who have RoBERTa, DeBERTa, ModernBERT ... checkpoints: heads,
+losses, samplers, gradient methods and SMART work on it unchanged. It has no
+per-layer adapter slots, so adapters that need them (PALs) are refused at
+validation; LoRA, which wraps linears by name, works.
+
+``pretrained`` is a hub id or a directory; ``config`` instead builds a
+randomly initialised model from a config table (``model_type`` plus the
+config's fields), with the tokenizer named by ``tokenizer``. SMART perturbs
+this encoder's word embeddings (what ``inputs_embeds`` replaces in
+transformers), before positions are added.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+from torch import Tensor, nn
+
+from mtbert import pretrained as checkpoints
+from mtbert.errors import CheckpointError
+from mtbert.hookspecs import hookimpl
+from mtbert.interfaces import Encoded, Encoder
+
+
+@attrs.frozen
+class HfOptions:
+    pretrained: str | None = None
+    config: dict[str, Any] | None = None  # e.g. { model_type = "roberta", hidden_size = 32, ... }
+    tokenizer: str | None = None  # default: the pretrained checkpoint's own
+
+    def check(self):
+        if (self.pretrained is None) == (self.config is None):
+            yield "pretrained", "give pretrained (a hub id or directory) or config (random weights), not both"
+        if self.config is not None and "model_type" not in self.config:
+            yield "config", "needs model_type (e.g. \"roberta\")"
+        if self.config is not None and self.tokenizer is None:
+            yield "tokenizer", "a model built from config needs a tokenizer (a checkpoint name or directory)"
+
+
+class HfEncoder(Encoder):
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.hidden_size = model.config.hidden_size
+        # RoBERTa-style models have a single token type; passing 1s would index out of range.
+        self.uses_token_types = getattr(model.config, "type_vocab_size", 0) > 1
+
+    @property
+    def pooler(self) -> nn.Module | None:
+        # A property, not an attribute: registering the module twice would
+        # duplicate its tensors in the state dict.
+        return getattr(self.model, "pooler", None)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        for path in ("encoder.layer", "encoder.layers", "layers", "transformer.layer"):
+            module = self.model
+            for part in path.split("."):
+                module = getattr(module, part, None)
+            if isinstance(module, nn.ModuleList):
+                return module
+        raise CheckpointError(f"cannot find the transformer layers of {type(self.model).__name__}; "
+                              "trainable = \"last_layers\" is not available for it")
+
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                *, task: str | None = None, inputs_embeds: Tensor | None = None) -> Encoded:
+        kwargs: dict[str, Tensor] = {"attention_mask": attention_mask}
+        if self.uses_token_types and token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if inputs_embeds is None:
+            kwargs["input_ids"] = input_ids
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
+        out = self.model(**kwargs)
+        return Encoded(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
+
+    def save_architecture(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
+    """Any Hugging Face AutoModel (RoBERTa, DeBERTa, ModernBERT ...) as the encoder."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        if restore is not None:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(str(restore)))
+            return HfEncoder(model, checkpoints.load_tokenizer(Path(restore)))
+        if options.config is not None:
+            settings = dict(options.config)
+            model = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
+        else:
+            model = AutoModel.from_pretrained(str(checkpoints.resolve(options.pretrained)))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot build the Hugging Face model: {exc}") from None
+    tokenizer_source = options.tokenizer or options.pretrained
+    return HfEncoder(model, checkpoints.load_tokenizer(checkpoints.resolve(tokenizer_source)))
+
+
+build_hf.layer_slots = False  # no per-layer adapter slots: PALs need minbert
+
+
+@hookimpl
+def register_encoders(register):
+    register("hf", build_hf, config=HfOptions)

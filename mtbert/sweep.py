@@ -1,0 +1,99 @@
+"""Sweeps: every combination of a grid of spec overrides, one run directory each.
+
+    mtbert sweep SPEC --grid train.lr=1e-5,2e-5 --grid tasks.sst.head.dropout=0.1,0.3
+
+Every combination is validated before the first one trains, so a bad value
+costs nothing. Runs go to ``<out>/<name>-sweep/<key=value,...>/`` and the
+best dev metrics of each are gathered into one table (printed, and written
+as ``summary.md`` and ``summary.jsonl`` in the sweep directory).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+from .errors import SpecError
+from .registry import Registry
+from .rundir import RunDir, free_dir
+from .spec import Spec, load_spec, parse_override
+
+
+def parse_grid(texts: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """``key=a,b,c`` -> (key, ["key=a", "key=b", "key=c"]) for each --grid."""
+    grid, problems = [], []
+    for text in texts:
+        key, _, values = text.partition("=")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not key.strip() or not items:
+            problems.append(("--grid", f"expected KEY=V1,V2,..., got {text!r}"))
+            continue
+        for item in items:
+            parse_override(f"{key}={item}")  # raises SpecError on a malformed key
+        grid.append((key.strip(), [f"{key.strip()}={item}" for item in items]))
+    if problems:
+        raise SpecError(problems)
+    return grid
+
+
+def label(overrides: tuple[str, ...]) -> str:
+    """A directory name for one combination: last key segment = value, joined by commas."""
+    parts = [f"{o.split('=', 1)[0].rsplit('.', 1)[-1]}={o.split('=', 1)[1]}" for o in overrides]
+    return re.sub(r"[^A-Za-z0-9_.=,+\-]", "_", ",".join(parts))
+
+
+def plan_sweep(spec_path: Path, registry: Registry, grid_texts: tuple[str, ...],
+               overrides: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Spec]]:
+    """Every combination as (its overrides, its validated spec); all problems at once."""
+    grid = parse_grid(grid_texts)
+    combos = list(itertools.product(*(values for _, values in grid))) if grid else [()]
+    planned, problems = [], []
+    for combo in combos:
+        try:
+            planned.append((combo, load_spec(spec_path, registry, overrides + combo)))
+        except SpecError as exc:
+            problems += [(f"[{label(combo)}] {path}", message) for path, message in exc.problems]
+    if problems:
+        raise SpecError(problems, str(spec_path))
+    return planned
+
+
+def summarize(rows: list[dict]) -> str:
+    """A Markdown table: one row per run, each task's metrics and the overall score."""
+    tasks = sorted({t for r in rows for t in r.get("tasks", {})})
+    metrics = {t: sorted({m for r in rows for m in r.get("tasks", {}).get(t, {})}) for t in tasks}
+    header = ["run"] + [f"{t} {m}" for t in tasks for m in metrics[t]] + ["overall"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["run"]] + [_fmt(r.get("tasks", {}).get(t, {}).get(m)) for t in tasks for m in metrics[t]]
+        lines.append("| " + " | ".join(cells + [_fmt(r.get("overall"))]) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def run_sweep(spec_path: Path, registry: Registry, grid_texts: tuple[str, ...], overrides: tuple[str, ...] = (),
+              out: str | None = None, progress: bool = True, echo=print) -> Path:
+    from .train import Trainer
+
+    planned = plan_sweep(spec_path, registry, grid_texts, overrides)
+    first = planned[0][1]
+    root = free_dir(Path(first.out) / f"{first.name}-sweep", out)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (combo, spec) in enumerate(planned, start=1):
+        name = label(combo) or "default"
+        echo(f"[{i}/{len(planned)}] {name}")
+        trainer = Trainer(spec, registry, progress=progress)
+        best = trainer.fit(RunDir.create(spec, root / name)) or {}
+        rows.append({"run": name, "overrides": list(combo), **best})
+        with open(root / "summary.jsonl", "a", encoding="utf-8") as fp:
+            fp.write(json.dumps(rows[-1]) + "\n")
+    table = summarize(rows)
+    (root / "summary.md").write_text(table + "\n", encoding="utf-8")
+    echo(table)
+    return root
