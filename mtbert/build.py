@@ -17,7 +17,7 @@ from .data import Split, load_split
 from .errors import PluginError
 from .interfaces import LabelSpec, ParamGroup
 from .model import MultitaskModel
-from .registry import Registry
+from .registry import Registry, singular
 from .spec import ComponentSpec, Spec
 
 # What the core calls on each kind of component (see mtbert/interfaces.py).
@@ -42,7 +42,7 @@ def make(registry: Registry, component: ComponentSpec, *args, **kwargs) -> Any:
     obj = entry.factory(component.options, *args, **kwargs)
     missing = [a for a in REQUIRED[component.kind] if not hasattr(obj, a)]
     if missing:
-        raise PluginError(f"{component.kind[:-1]} \"{component.name}\" from plugin '{entry.plugin}' "
+        raise PluginError(f"{singular(component.kind)} \"{component.name}\" from plugin '{entry.plugin}' "
                           f"(package {entry.package}) returned {type(obj).__name__}, which lacks "
                           f"{', '.join(missing)}; see docs/plugins.md for the interface")
     return obj

@@ -18,6 +18,12 @@ from .structure import closest
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
+def singular(kind: str) -> str:
+    """'losses' -> 'loss', 'gradient_methods' -> 'gradient method'."""
+    word = kind[:-2] if kind.endswith("sses") else kind[:-1]
+    return word.replace("_", " ")
+
+
 @attrs.frozen
 class NoOptions:
     """Config class for components that take no options."""
@@ -95,7 +101,7 @@ class Registry:
     def unknown(self, kind: str, name: str) -> str:
         known = self.names(kind)
         listing = ", ".join(known) if known else "none registered"
-        return f"unknown {kind[:-1].replace('_', ' ')} \"{name}\"{closest(name, known)}; known: {listing}"
+        return f"unknown {singular(kind)} \"{name}\"{closest(name, known)}; known: {listing}"
 
     def all(self) -> list[Component]:
         return [c for kind in self._items for _, c in sorted(self._items[kind].items())]

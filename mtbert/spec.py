@@ -22,7 +22,7 @@ import attrs
 import tomli_w
 
 from .errors import SpecError
-from .registry import Registry
+from .registry import Registry, singular
 from .structure import Structurer, at_least, describe, greater_than, join, non_empty
 
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -188,7 +188,7 @@ class SpecStructurer(Structurer):
             name, options = value, {}
         elif isinstance(value, dict):
             if "name" not in value:
-                self.problem(path, f"a {_singular(kind)} table needs name = \"...\"; "
+                self.problem(path, f"a {singular(kind)} table needs name = \"...\"; "
                                    f"known: {', '.join(self.registry.names(kind))}")
                 return None
             name, options = value["name"], {k: v for k, v in value.items() if k != "name"}
@@ -196,7 +196,7 @@ class SpecStructurer(Structurer):
                 self.problem(join(path, "name"), f"expected a string, got {describe(name)}")
                 return None
         else:
-            self.problem(path, f"expected a {_singular(kind)} name or a table with name = \"...\", "
+            self.problem(path, f"expected a {singular(kind)} name or a table with name = \"...\", "
                                f"got {describe(value)}")
             return None
         if not self.registry.has(kind, name):
@@ -214,10 +214,6 @@ def structure_component(kind: str, value: str | dict, registry: Registry, path: 
     if structurer.problems:
         raise SpecError(structurer.problems)
     return result
-
-
-def _singular(kind: str) -> str:
-    return kind[:-1].replace("_", " ")
 
 
 # -- raw data: load, override ---------------------------------------------------------
@@ -251,18 +247,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, parts: list[str], value: Any) -> None:
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
+    """Set ``value`` at a dotted path; a number indexes a list (``phases.1.epochs``)."""
+    node: Any = data
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError([(where, f"no item {part} in a list of {len(node)}")])
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
+        else:
+            raise SpecError([(".".join(parts[:i]), f"is {describe(node)}, cannot set a key inside it")])
+        if i == len(parts) - 1:
+            node[key] = value
+            return
+        child = node[key] if isinstance(node, list) else node.get(key)
         if isinstance(child, str):  # `loss = "mse"`, then --set tasks.x.loss.name=... or loss.option=...
             child = {"name": child}
         elif child is None:
             child = {}
-        elif not isinstance(child, dict):
-            raise SpecError([(".".join(parts[: i + 1]), f"is {describe(child)}, cannot set a key inside it")])
-        node[part] = child
+        node[key] = child
         node = child
-    node[parts[-1]] = value
 
 
 # -- structure + semantic checks ----------------------------------------------------------
@@ -303,6 +309,10 @@ def _check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
         for task in phase.tasks or ():
             if task not in spec.tasks:
                 problems.append((f"phases[{i}].tasks", f"unknown task {task!r}; tasks: {', '.join(spec.tasks)}"))
+    if spec.phases:
+        for key in ("epochs", "steps"):
+            if getattr(spec.train, key) is not None:
+                problems.append((f"train.{key}", "unused when [[phases]] give each phase its length; remove it"))
     if problems:
         return problems
     for phase in resolve_phases(spec):

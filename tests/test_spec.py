@@ -61,7 +61,8 @@ def test_every_problem_reported_at_once_with_paths(registry, tmp_path):
     found = problems(excinfo)
     assert found["tasks.sent.head.dropout"] == 'expected float, got "high"'
     assert 'did you mean "cross_entropy"' in found["tasks.sent.loss"]
-    assert "known: bce, cross_entropy, mse" in found["tasks.sent.loss"]
+    assert found["tasks.sent.loss"].startswith('unknown loss "cross_entropyy"')
+    assert "known: bce, " in found["tasks.sent.loss"] and ", cross_entropy, " in found["tasks.sent.loss"]
     assert "not found" in found["tasks.sim.data.dev"] and "missing.tsv" in found["tasks.sim.data.dev"]
     assert 'did you mean "epochs"' in found["train.epoch"]
     assert found["train.batch_size"] == "must be >= 1, got 0"
@@ -136,6 +137,13 @@ def test_override_turns_component_name_into_table():
     assert data["tasks"]["sts"]["loss"] == {"name": "mse"}
     apply_override(data, ["train", "lr"], 1e-3)
     assert data["train"] == {"lr": 1e-3}
+    data["phases"] = [{"epochs": 1}, {"epochs": 3}]
+    apply_override(data, ["phases", "1", "epochs"], 2)
+    assert data["phases"] == [{"epochs": 1}, {"epochs": 2}]
+    with pytest.raises(SpecError, match="no item 2 in a list of 2"):
+        apply_override(data, ["phases", "2", "epochs"], 2)
+    with pytest.raises(SpecError, match="cannot set a key inside it"):
+        apply_override(data, ["train", "lr", "x"], 2)
 
 
 def test_precedence_file_env_set(registry, tmp_path):
