@@ -140,6 +140,24 @@ def predict(run_dir, task, input_path, output_path, batch_size, device):
 
 
 @main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "csv"]), default="text", show_default=True)
+@click.option("--all-metrics", is_flag=True, help="Every metric, not only each task's main one.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the table to a file.")
+@user_errors
+def compare(run_dirs, fmt, all_metrics, output):
+    """Print runs side by side: each run's best dev metrics and overall score."""
+    from .compare import load_best, table
+
+    text = table([load_best(d) for d in run_dirs], fmt, all_metrics)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins(as_json):
     """List every registered component with its kind and the package providing it."""

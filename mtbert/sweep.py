@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+from .compare import table
 from .errors import SpecError
 from .registry import Registry
 from .rundir import RunDir, free_dir
@@ -60,22 +61,6 @@ def plan_sweep(spec_path: Path, registry: Registry, grid_texts: tuple[str, ...],
     return planned
 
 
-def summarize(rows: list[dict]) -> str:
-    """A Markdown table: one row per run, each task's metrics and the overall score."""
-    tasks = sorted({t for r in rows for t in r.get("tasks", {})})
-    metrics = {t: sorted({m for r in rows for m in r.get("tasks", {}).get(t, {})}) for t in tasks}
-    header = ["run"] + [f"{t} {m}" for t in tasks for m in metrics[t]] + ["overall"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["run"]] + [_fmt(r.get("tasks", {}).get(t, {}).get(m)) for t in tasks for m in metrics[t]]
-        lines.append("| " + " | ".join(cells + [_fmt(r.get("overall"))]) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def run_sweep(spec_path: Path, registry: Registry, grid_texts: tuple[str, ...], overrides: tuple[str, ...] = (),
               out: str | None = None, progress: bool = True, echo=print) -> Path:
     from .train import Trainer
@@ -93,7 +78,7 @@ def run_sweep(spec_path: Path, registry: Registry, grid_texts: tuple[str, ...], 
         rows.append({"run": name, "overrides": list(combo), **best})
         with open(root / "summary.jsonl", "a", encoding="utf-8") as fp:
             fp.write(json.dumps(rows[-1]) + "\n")
-    table = summarize(rows)
-    (root / "summary.md").write_text(table + "\n", encoding="utf-8")
-    echo(table)
+    summary = table(rows, "markdown", all_metrics=True)
+    (root / "summary.md").write_text(summary + "\n", encoding="utf-8")
+    echo(summary)
     return root

@@ -54,7 +54,7 @@ def test_sweep_runs_each_and_tabulates(registry, tmp_path):
     rows = [json.loads(line) for line in (root / "summary.jsonl").read_text().splitlines()]
     assert [r["overrides"] for r in rows] == [["train.lr=1e-3"], ["train.lr=3e-3"]]
     table = (root / "summary.md").read_text().splitlines()
-    assert table[0] == "| run | count pearson | sent accuracy | sent f1 | overall |"
+    assert table[0] == "| run | sent accuracy | sent f1 | count pearson | overall |"
     assert table[2].startswith("| lr=1e-3 | ") and len(table) == 4
     best = json.loads((root / "lr=3e-3" / "best.json").read_text())
     assert f"{best['overall']:.4f}" in table[3]
