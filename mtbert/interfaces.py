@@ -244,3 +244,6 @@ class Regularizer:
 # adapter's parameters. A module with ``task_specific = True`` is left out of
 # the shared parameters that gradient methods treat. A factory attribute
 # ``needs_layer_slots = True`` makes validation refuse encoders without slots.
+# Register each parameter once: a branch installed in the encoder should hold
+# a plain reference to the returned module (not a registered submodule), or
+# the state dict names the same tensor twice and safetensors refuses it.

@@ -23,7 +23,7 @@ import tomli_w
 
 from .errors import SpecError
 from .registry import Registry, singular
-from .structure import Structurer, at_least, describe, greater_than, join, non_empty
+from .structure import Structurer, at_least, closest, describe, greater_than, join, non_empty
 
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 # What a phase trains: everything, the heads, the adapters (+ heads), or the
@@ -329,6 +329,13 @@ def _check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
         if phase.trainable == "adapters" and not spec.adapters:
             problems.append((where("trainable"), "\"adapters\" trains the adapters and heads, "
                              "but the spec has no adapters"))
+    # A component option named `tasks` names tasks of this spec (e.g. SMART's, PALs').
+    for where, items in (("regularizers", spec.regularizers), ("adapters", spec.adapters)):
+        for i, item in enumerate(items):
+            for task in getattr(item.options, "tasks", None) or ():
+                if task not in spec.tasks:
+                    problems.append((f"{where}[{i}].tasks", f"unknown task {task!r}{closest(task, spec.tasks)}; "
+                                     f"tasks: {', '.join(spec.tasks)}"))
     encoder = registry.get("encoders", spec.encoder.name).factory
     for i, adapter in enumerate(spec.adapters):
         factory = registry.get("adapters", adapter.name).factory

@@ -26,6 +26,8 @@ def roberta_spec(registry, tmp_path, **changes):
     data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), steps=4, eval_every=4))
     data["encoder"] = TINY_ROBERTA
     data.update(changes)
+    if "phases" in changes:  # phases carry their own lengths
+        data["train"].pop("steps")
     return structure_spec(data, registry)
 
 
