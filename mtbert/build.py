@@ -96,19 +96,16 @@ def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev
 
 
 def param_groups(model: MultitaskModel, lr: float, head_lr: float | None) -> list[ParamGroup]:
-    """Encoder (and adapters) at ``lr``, heads at ``head_lr``; no weight decay on biases and norms."""
+    """Encoder (and adapters) at ``lr``, heads at ``head_lr``; no weight decay on vectors."""
     head_params = {id(p) for p in model.heads.parameters()}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for module in model.modules():
-        for pname, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
+    for param in model.parameters():
+        if param.requires_grad:
             part = "heads" if id(param) in head_params else "encoder"
-            # As in BERT and the Hugging Face Trainer: biases and LayerNorm weights do not decay.
-            decay = pname != "bias" and not isinstance(module, nn.LayerNorm)
-            groups.setdefault((part, decay), []).append(param)
+            # Matrices decay; vectors and scalars (biases, LayerNorm weights, a
+            # head's learned scale) do not -- for BERT this is exactly the
+            # original recipe and the Hugging Face Trainer's rule.
+            groups.setdefault((part, param.ndim >= 2), []).append(param)
     rates = {"encoder": lr, "heads": head_lr or lr}
     return [ParamGroup(params, rates[part], decay, f"{part}{'' if decay else '.no_decay'}")
             for (part, decay), params in groups.items()]

@@ -15,6 +15,7 @@ from typing import Callable
 import attrs
 from torch import nn
 
+from .errors import MtbertError
 from .spec import ComponentSpec, Spec
 
 
@@ -69,4 +70,8 @@ def set_trainable(model, phase: Phase) -> int:
     for module in chosen:
         for param in module.parameters():
             param.requires_grad_(True)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if count == 0:
+        raise MtbertError(f"phase {phase.name} trains nothing: trainable = \"{phase.trainable}\" selects no "
+                          "parameters (e.g. parameter-free cosine heads); choose another trainable part")
+    return count

@@ -7,6 +7,11 @@ A sentence pair is encoded as ``[CLS] a [SEP] b [SEP]`` with token types
 - classifier: ``num_labels`` logits, prediction = argmax (SST-5).
 - binary: one logit, prediction = logit > 0 (Quora paraphrase).
 - regression: one score, prediction clipped to [low, high] when given (STS-B 0..5).
+
+Every head takes ``mlp``: None (default) keeps one linear layer on the
+(dropped-out) pooled vector; a width turns it into the task-specific MLP of
+report 002, ``Linear(in, mlp) -> GELU -> Dropout -> Linear(mlp, out)`` (the
+inner dropout uses the head's ``dropout``).
 """
 
 from __future__ import annotations
@@ -25,23 +30,39 @@ from mtbert.structure import at_least, probability
 Pooling = Literal["cls", "pooler", "mean"]
 
 
+def mlp_field():
+    """The ``mlp`` option: None for one linear layer, else the hidden width of a 2-layer MLP."""
+    return attrs.field(default=None, validator=at_least(1))
+
+
+def projection(inputs: int, outputs: int, mlp: int | None, dropout: float) -> nn.Module:
+    """``Linear(inputs, outputs)``, or with ``mlp`` set
+    ``Linear(inputs, mlp) -> GELU -> Dropout(dropout) -> Linear(mlp, outputs)``."""
+    if mlp is None:
+        return nn.Linear(inputs, outputs)
+    return nn.Sequential(nn.Linear(inputs, mlp), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp, outputs))
+
+
 @attrs.frozen
 class ClassifierOptions:
     num_labels: int = attrs.field(validator=at_least(2))
     dropout: float = attrs.field(default=0.1, validator=probability)
     pooling: Pooling = "cls"
+    mlp: int | None = mlp_field()
 
 
 @attrs.frozen
 class BinaryOptions:
     dropout: float = attrs.field(default=0.1, validator=probability)
     pooling: Pooling = "cls"
+    mlp: int | None = mlp_field()
 
 
 @attrs.frozen
 class RegressionOptions:
     dropout: float = attrs.field(default=0.1, validator=probability)
     pooling: Pooling = "cls"
+    mlp: int | None = mlp_field()
     low: float | None = None  # label range: data outside it is refused,
     high: float | None = None  # predictions are clipped to it
 
@@ -57,7 +78,7 @@ class LinearHead(Head):
         super().__init__()
         self.pooling = options.pooling
         self.dropout = nn.Dropout(options.dropout)
-        self.linear = nn.Linear(hidden_size, outputs)
+        self.linear = projection(hidden_size, outputs, options.mlp, options.dropout)
 
     def forward(self, encoded) -> Tensor:
         return self.linear(self.dropout(pool(encoded, self.pooling)))
