@@ -1,1 +1,54 @@
-"""(being written)"""
+"""pcgrad: Yu et al. (2020), "Gradient Surgery for Multi-Task Learning" (NeurIPS), Algorithm 1.
+
+With g_1..g_T the step's per-task gradients of the shared parameters: for
+each task i, g_i' starts as g_i; for each other task j, in a random order,
+if g_i' . g_j < 0 (a conflict), g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j,
+projecting out the component that conflicts with the ORIGINAL g_j. The
+update is sum_i g_i'. ``granularity`` applies this per block: the whole
+model (the paper), each transformer layer, or each parameter tensor.
+
+Only shared parameters are treated; heads and task-specific adapters keep
+their own task's gradient. It needs every task in every step: use
+sampler = "all_tasks" (validation refuses one-task-per-step samplers).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor
+
+from mtbert.gradsurgery import EPS, PerTaskGradients, rows
+from mtbert.hookspecs import hookimpl
+from mtbert.structure import at_least
+
+
+@attrs.frozen
+class PCGradOptions:
+    granularity: Literal["model", "layer", "tensor"] = "model"
+    seed: int = attrs.field(default=0, validator=at_least(0))  # of the random order of the other tasks
+
+
+class PCGrad(PerTaskGradients):
+    """Project each task's gradient off the others' where they conflict."""
+
+    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        count = G.shape[0]
+        squared = self.block_dot(G, G)  # [T, B] |g_j|^2 per block
+        out = G.clone()
+        fired = G.new_zeros(())
+        for partner in self.partners(count):  # round k: every i against its own k-th partner
+            other = rows(G, partner)
+            dot = self.block_dot(out, other)
+            conflict = dot < 0
+            coef = torch.where(conflict, dot / rows(squared, partner).clamp_min(EPS), 0.0)
+            out -= self.scale(coef, other)
+            fired += conflict.sum()
+        return out, fired / max(1, count * (count - 1) * self.num_blocks)
+
+
+@hookimpl
+def register_gradient_methods(register):
+    register("pcgrad", PCGrad, config=PCGradOptions)

@@ -1,0 +1,189 @@
+"""Per-task gradients of the shared parameters, for gradient surgery (PCGrad, GradVac).
+
+:class:`PerTaskGradients` keeps one flat float32 row per task, ``[T, P]`` for
+the P shared parameter values, and sums into it every micro-batch's gradient
+of that task (one ``autograd.grad`` per task loss). ``finish`` hands the rows
+of the tasks seen since the last optimizer step to the subclass's
+``adjust(G)``, which returns the adjusted per-task rows; their sum becomes the
+shared parameters' ``.grad``. So with gradient accumulation the surgery acts
+on the accumulated per-task gradients, once per optimizer step. Private
+parameters (heads, task-specific adapters) just receive each task's gradient.
+
+Surgery acts per *block* of the flat vector: the whole model, one block per
+transformer layer (plus one per top-level part outside the layers, e.g. the
+embeddings and the pooler), or one block per parameter tensor. Blocks are
+contiguous, and each starts at a multiple of ``CHUNK`` (zeros in between), so
+a per-block reduction is a reshape-sum over chunks followed by a
+``segment_reduce`` over each block's chunks, and a per-block coefficient is
+spread back with ``repeat_interleave`` over chunks: full-width tensor ops
+whatever the number or sizes of blocks, with no loop over parameters or blocks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor, nn
+
+from .interfaces import GradientMethod
+
+CHUNK = 1024  # block alignment in the flat vector (at most CHUNK - 1 zeros of padding per block)
+EPS = 1e-30  # guards divisions by squared norms and products of norms
+GRANULARITIES = ("model", "layer", "tensor")
+
+_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def block_keys(names: list[str], granularity: str) -> list[str]:
+    """One key per parameter name; parameters with the same key form a block.
+
+    "layer": every name containing ``layer.K.`` or ``layers.K.`` is in block
+    "layer K"; any other name is grouped by its top-level part next to the
+    layers, e.g. ``encoder.embeddings`` and ``encoder.pooler`` (the part of
+    the name it shares with the layers' container, plus one component)."""
+    if granularity == "model":
+        return ["model"] * len(names)
+    if granularity == "tensor":
+        return list(names)
+    if granularity != "layer":
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    container = next((name[:m.start()] for name in names if (m := _LAYER.search(name))), "")
+    inside = container.split(".") if container else []
+    keys = []
+    for name in names:
+        match = _LAYER.search(name)
+        if match:
+            keys.append(f"layer {match.group(1)}")
+            continue
+        parts = name.split(".")
+        k = 0
+        while k < len(inside) and k < len(parts) - 1 and parts[k] == inside[k]:
+            k += 1
+        keys.append(".".join(parts[:k + 1]))
+    return keys
+
+
+class PerTaskGradients(GradientMethod):
+    """Base of gradient surgery: subclasses implement ``adjust``.
+
+    ``options`` needs ``granularity`` and ``seed`` (for the random order of
+    the other tasks that each task is adjusted against)."""
+
+    needs_all_tasks = True
+
+    def __init__(self, options):
+        self.options = options
+        self.generator = torch.Generator().manual_seed(options.seed)
+
+    # -- the GradientMethod interface -------------------------------------------------
+    def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
+              tasks: list[str]) -> None:
+        keys = block_keys([name for name, _ in shared], self.options.granularity)
+        members: dict[str, list[nn.Parameter]] = {}
+        for key, (_, param) in zip(keys, shared):
+            members.setdefault(key, []).append(param)
+        self.block_names = list(members)
+        self.params = [p for block in members.values() for p in block]  # each block contiguous
+        self.private, self.tasks = list(private), list(tasks)
+        self.slices: list[tuple[int, nn.Parameter]] = []  # (offset in the flat vector, parameter)
+        chunks, offset = [], 0
+        for block in members.values():
+            start = offset
+            for param in block:
+                self.slices.append((offset, param))
+                offset += param.numel()
+            chunks.append(-(-(offset - start) // CHUNK))
+            offset = start + chunks[-1] * CHUNK
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.num_blocks, self.num_chunks, self.size = len(chunks), offset // CHUNK, offset
+        self.chunks = torch.tensor(chunks, dtype=torch.long, device=device)  # chunks per block
+        self.buffer = torch.zeros(len(self.tasks), self.size, dtype=torch.float32, device=device)
+        self.rows = [[self.buffer[t, o:o + p.numel()].view(p.shape) for o, p in self.slices]
+                     for t in range(len(self.tasks))]
+        self.seen: set[int] = set()
+
+    def backward(self, losses: dict[str, Tensor]) -> None:
+        inputs = self.params + self.private
+        n = len(self.params)
+        for task, loss in losses.items():
+            t = self.tasks.index(task)
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            pairs = [(row, g) for row, g in zip(self.rows[t], grads[:n]) if g is not None]
+            if pairs:
+                torch._foreach_add_([row for row, _ in pairs], [g.float() for _, g in pairs])
+            for param, g in zip(self.private, grads[n:]):
+                if g is None:
+                    continue
+                if param.grad is None:
+                    param.grad = g.to(param.dtype).clone()
+                else:
+                    param.grad.add_(g)
+            self.seen.add(t)
+
+    def finish(self) -> dict[str, Tensor]:
+        present = sorted(self.seen)
+        self.seen = set()
+        if not present or self.size == 0:
+            return {}
+        G = self.buffer if len(present) == len(self.tasks) else torch.stack([self.buffer[t] for t in present])
+        stats = self.cosines(G, [self.tasks[t] for t in present])
+        adjusted, fired = self.adjust(G, present)
+        update = adjusted.sum(0)
+        for offset, param in self.slices:
+            g = update[offset:offset + param.numel()].view(param.shape).to(param.dtype)
+            if param.grad is None:
+                param.grad = g
+            else:
+                param.grad.add_(g)
+        self.buffer.zero_()
+        stats["fired"] = fired
+        return stats
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        """[T, P] task gradients (rows: the tasks at positions ``present`` in
+        ``self.tasks``; G must not be changed) -> ([T, P] adjusted gradients,
+        fraction of (i, j, block) checks where the adjustment fired)."""
+        raise NotImplementedError
+
+    def block_sum(self, x: Tensor) -> Tensor:
+        """[T, P] -> [T, B]: the sum over each block of each row."""
+        rows = x.shape[0]
+        per_chunk = x.view(rows, self.num_chunks, CHUNK).sum(-1)
+        # one flat segment_reduce over rows x blocks segments: the 1-D form runs CUB's segmented
+        # reduce on CUDA; unsafe=True skips a validation that reads the lengths back (a device sync)
+        sums = torch.segment_reduce(per_chunk.reshape(-1), "sum", lengths=self.chunks.repeat(rows), unsafe=True)
+        return sums.view(rows, self.num_blocks)
+
+    def block_dot(self, a: Tensor, b: Tensor) -> Tensor:
+        """[T, P], [T, P] -> [T, B]: per-block dot products of matching rows."""
+        return self.block_sum(a * b)
+
+    def scale(self, coef: Tensor, x: Tensor) -> Tensor:
+        """[T, B] coefficients times [T, P] rows, block by block."""
+        rows = x.shape[0]
+        per_chunk = torch.repeat_interleave(coef, self.chunks, dim=1, output_size=self.num_chunks)
+        return (per_chunk.unsqueeze(-1) * x.view(rows, self.num_chunks, CHUNK)).view(rows, self.size)
+
+    def partners(self, count: int) -> list[list[int]]:
+        """Random orders of the others: ``partners(T)[k][i]`` is task i's k-th partner (row indices)."""
+        orders = []
+        for i in range(count):
+            others = [j for j in range(count) if j != i]
+            orders.append([others[k] for k in torch.randperm(count - 1, generator=self.generator).tolist()])
+        return [list(column) for column in zip(*orders)]
+
+    @staticmethod
+    def cosines(G: Tensor, names: list[str]) -> dict[str, Tensor]:
+        """Whole-model cosine of every unordered pair of (original) task gradients."""
+        with torch.autocast(G.device.type, enabled=False):
+            gram = G @ G.T
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        cos = gram / (norms[:, None] * norms[None, :]).clamp_min(EPS)
+        return {f"cos/{a}~{b}": cos[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
+
+
+def rows(x: Tensor, index: list[int]) -> Tensor:
+    """x[index] for a short list of row indices, without moving an index tensor to the device."""
+    return torch.stack([x[i] for i in index])
