@@ -41,6 +41,15 @@ def save_checkpoint(model, directory: Path, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def find_checkpoint(path: str | Path) -> Path | None:
+    """A run directory or a checkpoint directory -> the checkpoint directory, if there is one."""
+    path = Path(path)
+    for candidate in (path / "checkpoint", path):
+        if (candidate / WEIGHTS).is_file():
+            return candidate
+    return None
+
+
 def load_weights(model, directory: Path) -> None:
     """Load a checkpoint's tensors into ``model``; refuse any that do not fit, naming them."""
     path = Path(directory) / WEIGHTS

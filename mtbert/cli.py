@@ -80,10 +80,12 @@ def validate(spec, overrides):
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @set_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: <spec out>/<name>).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the interrupted run in this directory (same spec and overrides).")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.option("-v", "--verbose", is_flag=True)
 @user_errors
-def run(spec, overrides, out, progress, verbose):
+def run(spec, overrides, out, resume, progress, verbose):
     """Train the model SPEC describes; results go to runs/<name>/."""
     setup_logging(verbose)
     from .rundir import RunDir
@@ -91,11 +93,16 @@ def run(spec, overrides, out, progress, verbose):
     from .train import Trainer
 
     parsed = load_spec(spec, registry(), overrides)
+    if resume is not None and out is not None:
+        raise MtbertError("give --resume RUN_DIR or --out DIR, not both")
+    if resume is not None:
+        run_dir = RunDir.existing(resume, parsed)
     trainer = Trainer(parsed, registry(), progress=progress)  # reads and checks all data first
-    run_dir = RunDir.create(parsed, out)
+    if resume is None:
+        run_dir = RunDir.create(parsed, out)
     setup_logging(verbose, run_dir.path / "log.txt")
-    log.info("run directory: %s", run_dir.path)
-    best = trainer.fit(run_dir)
+    log.info("run directory: %s%s", run_dir.path, " (resuming)" if resume else "")
+    best = trainer.fit(run_dir, resume=resume is not None)
     if best is None:
         click.echo(f"done: no dev data to score; checkpoint in {run_dir.checkpoint}")
         return

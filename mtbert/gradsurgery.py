@@ -140,6 +140,13 @@ class PerTaskGradients(GradientMethod):
         stats["fired"] = fired
         return stats
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the order generator (and a subclass's running state)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     # -- for subclasses ------------------------------------------------------------------------
     def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
         """[T, P] task gradients (rows: the tasks at positions ``present`` in

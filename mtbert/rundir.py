@@ -6,6 +6,7 @@
     tb/              TensorBoard event files
     checkpoint/      the best model (see mtbert/checkpoint.py)
     predictions/     dev and test predictions in the course's submission format
+    state/           the latest training state, for --resume (see mtbert/state.py)
 
 An existing run is never overwritten: without ``--out`` a new run of the same
 name gets the first free ``<name>-2``, ``<name>-3`` ...; an explicit ``--out``
@@ -14,6 +15,7 @@ that already holds a run is an error.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -51,6 +53,7 @@ class RunDir:
         self.tb = self.path / "tb"
         self.checkpoint = self.path / "checkpoint"
         self.predictions = self.path / "predictions"
+        self.state = self.path / "state"
 
     @classmethod
     def create(cls, spec: Spec, out: str | Path | None = None) -> "RunDir":
@@ -58,6 +61,21 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         run.spec.write_text(dump_spec(spec), encoding="utf-8")
+        return run
+
+    @classmethod
+    def existing(cls, path: Path, spec: Spec) -> "RunDir":
+        """A run directory to resume: it must have been made from this very spec."""
+        run = cls(Path(path))
+        if not run.spec.is_file():
+            raise MtbertError(f"{run.path} is not an mtbert run directory (no spec.toml)")
+        saved, now = run.spec.read_text(encoding="utf-8"), dump_spec(spec)
+        if saved != now:
+            diff = [line for line in difflib.unified_diff(saved.splitlines(), now.splitlines(), "run", "now",
+                                                          lineterm="", n=0) if line[:1] in "+-"][2:12]
+            raise MtbertError(f"the spec differs from the one {run.path} was started with, so the run cannot "
+                              "continue exactly:\n  " + "\n  ".join(diff) +
+                              "\n  fix: resume with the same spec, --set overrides and MTBERT_DATA")
         return run
 
     def append_metrics(self, record: dict) -> None:

@@ -113,6 +113,7 @@ class TrainSpec:
     threads: int | None = attrs.field(default=None, validator=at_least(1))
     trainable: Trainable = "all"
     last_layers: int = attrs.field(default=1, validator=at_least(1))  # with trainable = "last_layers"
+    save_every: int = attrs.field(default=500, validator=at_least(0))  # steps between resumable states (0: epochs only)
 
     def check(self):
         if self.epochs is not None and self.steps is not None:
@@ -155,6 +156,7 @@ class Spec:
     adapters: list[ComponentSpec] = component("adapters", default=[])
     train: TrainSpec = attrs.Factory(TrainSpec)
     phases: list[PhaseSpec] = attrs.Factory(list)  # none: one phase made of [train]
+    init_from: str | None = None  # start from this run's (or checkpoint directory's) weights
 
 
 class SpecStructurer(Structurer):
@@ -309,6 +311,12 @@ def _check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
         for task in phase.tasks or ():
             if task not in spec.tasks:
                 problems.append((f"phases[{i}].tasks", f"unknown task {task!r}; tasks: {', '.join(spec.tasks)}"))
+    if spec.init_from is not None:
+        from .checkpoint import find_checkpoint
+
+        if find_checkpoint(Path(spec.init_from).expanduser()) is None:
+            problems.append(("init_from", f"{spec.init_from} holds no checkpoint (give a run directory "
+                             "or its checkpoint/ directory)"))
     if spec.phases:
         for key in ("epochs", "steps"):
             if getattr(spec.train, key) is not None:

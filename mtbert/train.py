@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import random
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .build import build_model, build_tasks, make, param_groups
-from .checkpoint import load_weights, save_checkpoint
+from .checkpoint import find_checkpoint, load_weights, save_checkpoint
 from .data import TaskStream
 from .errors import MtbertError
 from .evaluate import overall, predict, score, to_device, write_predictions
@@ -35,6 +37,7 @@ from .phases import Phase, resolve_phases, set_trainable
 from .registry import Registry
 from .rundir import RunDir
 from .spec import Spec
+from .state import load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger("mtbert")
 
@@ -76,6 +79,9 @@ class Trainer:
         self.autocast = autocast_for(self.device, cfg.precision)
 
         self.model = build_model(spec, registry)
+        if spec.init_from is not None:  # e.g. heads trained by an earlier run (report 001's transfer)
+            load_weights(self.model, find_checkpoint(Path(spec.init_from).expanduser()))
+            log.info("weights from %s", spec.init_from)
         tokenizer = self.model.encoder.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tasks = build_tasks(spec, registry, tokenizer)  # reads and checks all data before training
@@ -93,6 +99,7 @@ class Trainer:
         self.best: dict | None = None
         self.evals_since_best = 0
         self.evaluated_at = -1
+        self.saved_at = -1
         self.started = time.perf_counter()
 
     def _plan_budget(self, phase: Phase):
@@ -111,19 +118,28 @@ class Trainer:
         return sampler_for(epochs), epochs, phase.steps
 
     # -- the loop ---------------------------------------------------------------------
-    def fit(self, run: RunDir) -> dict | None:
+    def fit(self, run: RunDir, resume: bool = False) -> dict | None:
+        """Train into ``run``; with ``resume``, continue from the run's saved state."""
         self.run = run
-        self.writer = SummaryWriter(str(self.run.tb))
+        state = self._read_state() if resume else None
+        self.writer = SummaryWriter(str(self.run.tb), purge_step=state["step"] + 1 if state else None)
         self.model.train()
         for phase in self.phases:
-            self._run_phase(phase)
+            if state is not None and phase.index < state["phase"]:
+                continue
+            self._run_phase(phase, state if state is not None and phase.index == state["phase"] else None)
+            state = None
+        if state is not None:  # resumed after the last phase had finished
+            self.model.load_state_dict(state["model"])
+            self._restore_counters(state)
+        self._save_state(len(self.phases), 0, 0, self.step)
         if self.evaluated_at != self.step:
             self._evaluate()
         self._finish()
         self.writer.close()
         return self.best
 
-    def _run_phase(self, phase: Phase) -> None:
+    def _run_phase(self, phase: Phase, state: dict | None = None) -> None:
         cfg = self.spec.train
         self.phase = phase
         trainable = set_trainable(self.model, phase)
@@ -138,18 +154,24 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         self.micro, self.grad_stats, self.evals_since_best = 0, {}, 0
         self._reset_meter()
-        log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%.1fM params)",
+        start, first_epoch, skip = self.step, 1, 0
+        if state is not None:
+            start, first_epoch, skip = state["phase_start"], state["epoch"], state["index"]
+            self._restore(state)
+        log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%.1fM params)%s",
                  phase.name if len(self.phases) > 1 else self.spec.name, self.device, epochs, total,
-                 ", ".join(phase.tasks), phase.sampler.name, phase.trainable, trainable / 1e6)
-        start = self.step
-        for epoch in range(1, epochs + 1):
+                 ", ".join(phase.tasks), phase.sampler.name, phase.trainable, trainable / 1e6,
+                 f"; resuming at step {self.step}" if state else "")
+        for epoch in range(first_epoch, epochs + 1):
             self.epoch = epoch
             plan = self.sampler.plan(epoch)
-            bar = tqdm(total=len(plan), desc=f"{phase.name} epoch {epoch}/{epochs}", disable=not self.show_bar,
-                       dynamic_ncols=True, leave=False)
+            bar = tqdm(total=len(plan), initial=skip, desc=f"{phase.name} epoch {epoch}/{epochs}",
+                       disable=not self.show_bar, dynamic_ncols=True, leave=False)
             stop = False
-            for step_tasks in plan:
-                self._train_step(step_tasks)
+            for index in range(skip, len(plan)):
+                if self.micro % cfg.accumulate == 0 and self._state_due(index):
+                    self._save_state(phase.index, epoch, index, start)
+                self._train_step(plan[index])
                 bar.update(1)
                 if self.micro % cfg.accumulate:
                     continue
@@ -164,10 +186,60 @@ class Trainer:
                 if stop or self.step - start >= total:
                     break
             bar.close()
+            skip = 0
             if cfg.eval_every is None and self.evaluated_at != self.step:
                 stop = self._evaluate() or stop
             if stop or self.step - start >= total:
                 return
+
+    # -- training state (resume) -----------------------------------------------------------
+    def _state_due(self, index: int) -> bool:
+        """A state is written at each epoch's start and every train.save_every steps, once per step."""
+        every = self.spec.train.save_every
+        due = index == 0 or (every and self.step % every == 0)
+        return bool(due) and self.step > 0 and self.step != self.saved_at
+
+    def _save_state(self, phase: int, epoch: int, index: int, phase_start: int) -> None:
+        def component_state(obj):
+            return obj.state_dict() if hasattr(obj, "state_dict") else None
+
+        save_state(self.run.state, {
+            "phase": phase, "epoch": epoch, "index": index, "phase_start": phase_start, "step": self.step,
+            "micro": self.micro, "best": self.best, "evals_since_best": self.evals_since_best,
+            "evaluated_at": self.evaluated_at, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "gradient": component_state(self.gradient),
+            "regularizers": [component_state(r) for r in self.regularizers],
+            "streams": {t: s.state() for t, s in self.streams.items()}, "rng": rng_state(),
+        })
+        self.saved_at = self.step
+
+    def _read_state(self) -> dict:
+        state = load_state(self.run.state)
+        with open(self.run.metrics, "a+", encoding="utf-8") as fp:  # drop evaluations after the state
+            fp.seek(0)
+            kept = [line for line in fp if json.loads(line)["step"] <= state["step"]]
+            fp.seek(0)
+            fp.truncate()
+            fp.writelines(kept)
+        return state
+
+    def _restore_counters(self, state: dict) -> None:
+        self.step, self.micro, self.best = state["step"], state["micro"], state["best"]
+        self.evals_since_best, self.evaluated_at = state["evals_since_best"], state["evaluated_at"]
+        self.saved_at = state["step"]
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for obj, saved in [(self.gradient, state["gradient"]), *zip(self.regularizers, state["regularizers"])]:
+            if saved is not None:
+                obj.load_state_dict(saved)
+        for task, position in state["streams"].items():
+            self.streams[task].restore(position)
+        self._restore_counters(state)
+        set_rng_state(state["rng"])  # last: nothing may draw random numbers between here and the step
 
     def _train_step(self, step_tasks: list[str]) -> None:
         losses = {}

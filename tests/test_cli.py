@@ -17,14 +17,18 @@ from conftest import ROOT, TINY_ENCODER
 LIMIT = 300  # rows per file for the end-to-end run
 
 
+def script() -> str:
+    """The installed console script."""
+    return str(Path(sys.executable).with_name("mtbert"))
+
+
 def mtbert(*args, env_data=None, cwd=ROOT):
     """Run the installed console script as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     env.pop("MTBERT_DATA", None)
     if env_data is not None:
         env["MTBERT_DATA"] = str(env_data)
-    script = Path(sys.executable).with_name("mtbert")
-    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+    return subprocess.run([script(), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=600)
 
 

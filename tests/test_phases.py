@@ -91,8 +91,8 @@ def test_heads_only_then_full(registry, tmp_path):
 
     after_heads = {}
 
-    def spy(phase):
-        original_step(phase)
+    def spy(phase, state=None):
+        original_step(phase, state)
         after_heads.setdefault(phase.name, snapshot(trainer.model))
 
     trainer._run_phase = spy

@@ -312,12 +312,16 @@ def test_tasks_option_gives_other_tasks_an_exact_zero(registry, encoder):
     assert reg.penalty(model, "x", batch, model("x", batch)).item() > 0
 
 
-def test_unknown_task_in_tasks_is_reported(registry, encoder):
-    model = build(registry, encoder, {"t": HEADS["multiclass"]})
-    batch = batch_for(model.encoder.tokenizer)
-    reg = smart(registry, tasks=["t", "nope"])
-    with pytest.raises(SpecError, match="nope"):
-        reg.penalty(model, "t", batch, model("t", batch))
+def test_unknown_task_in_tasks_is_a_spec_error(registry, tmp_path):
+    from mtbert.spec import structure_spec, unstructure
+    from test_train import toy_data, toy_spec
+
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), steps=1))
+    data["regularizers"] = [{"name": "smart", "tasks": ["sent", "snet"]}]
+    with pytest.raises(SpecError) as excinfo:
+        structure_spec(data, registry)
+    assert dict(excinfo.value.problems)["regularizers[0].tasks"].startswith(
+        "unknown task 'snet' (did you mean \"sent\"?)")
 
 
 @pytest.mark.parametrize("options, where", [

@@ -48,6 +48,13 @@ class GradVac(PerTaskGradients):
         # phi_hat[i, j, b]: target cosine of task i's gradient with task j's, block b (positions in tasks)
         self.target = torch.zeros(len(self.tasks), len(self.tasks), self.num_blocks, device=self.buffer.device)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "target": self.target}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.target.copy_(state["target"])
+
     def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
         count, beta = G.shape[0], self.options.beta
         norm = self.block_dot(G, G).sqrt()  # [T, B] |g_j| per block

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.errors import PluginError, SpecError
+from mtbert.errors import PluginError
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least, in_range, non_empty
 
@@ -195,21 +195,18 @@ class Smart:
     def __init__(self, config: SmartOptions):
         self.config = config
         self.teacher: nn.Module | None = None
+        self.saved_teacher: dict | None = None  # a resumed run's teacher, loaded when it is made
         self.last: dict[str, Tensor] = {}
-        self._checked_tasks = False
 
     def _applies(self, model, task: str) -> bool:
-        tasks = self.config.tasks
-        if tasks is None:
-            return True
-        if not self._checked_tasks:  # the spec check cannot see the task list; the model can
-            unknown = [t for t in tasks if t not in model.heads]
-            if unknown:
-                raise SpecError([("regularizers.smart.tasks",
-                                  f"unknown task(s) {', '.join(map(repr, unknown))}; "
-                                  f"tasks: {', '.join(model.heads)}")])
-            self._checked_tasks = True
-        return task in tasks
+        # validation has checked that `tasks` names tasks of the spec
+        return self.config.tasks is None or task in self.config.tasks
+
+    def state_dict(self) -> dict:
+        return {"teacher": None if self.teacher is None else self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher, self.saved_teacher = None, state["teacher"]
 
     def make_teacher(self, model: nn.Module) -> nn.Module:
         # The tokenizer (if any) is shared, not copied: the teacher never tokenizes.
@@ -239,6 +236,9 @@ class Smart:
         if c.bregman:
             if self.teacher is None:
                 self.teacher = self.make_teacher(model)
+                if self.saved_teacher is not None:
+                    self.teacher.load_state_dict(self.saved_teacher)
+                    self.saved_teacher = None
             if self.teacher.training != model.training:
                 self.teacher.train(model.training)
             with torch.no_grad():

@@ -1,0 +1,146 @@
+"""Resume and reuse: an interrupted run continues exactly; a run can start from another's weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtbert.errors import MtbertError, SpecError
+from mtbert.rundir import RunDir
+from mtbert.spec import structure_spec, unstructure
+from mtbert.train import Trainer
+
+from test_train import toy_data, toy_spec
+
+
+class Interrupted(Exception):
+    pass
+
+
+def spec_for(registry, tmp_path, **changes):
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=96), epochs=3, save_every=4, log_every=2))
+    data.update(changes)
+    if "phases" in changes:
+        data["train"].pop("epochs")
+    return structure_spec(data, registry)
+
+
+def run_whole(registry, spec, path):
+    Trainer(spec, registry, progress=False).fit(RunDir.create(spec, str(path)))
+
+
+def run_interrupted(registry, spec, path, at_step):
+    trainer = Trainer(spec, registry, progress=False)
+    original = trainer._train_step
+
+    def step(tasks):
+        if trainer.step == at_step:
+            raise Interrupted
+        original(tasks)
+
+    trainer._train_step = step
+    with pytest.raises(Interrupted):
+        trainer.fit(RunDir.create(spec, str(path)))
+    saved = json.loads((path / "state" / "state.json").read_text())  # where the state was taken
+    resumed = Trainer(spec, registry, progress=False)
+    calls = []
+    original_resumed = resumed._train_step
+    resumed._train_step = lambda tasks: (calls.append(resumed.step), original_resumed(tasks))
+    resumed.fit(RunDir.existing(path, spec), resume=True)
+    # it continued from the saved state, close to the interruption, rather than starting over
+    assert calls[0] == [v for k, v in saved["__dict__"] if k == "step"][0] > 0
+    assert at_step - calls[0] <= 4
+
+
+def assert_same_run(a, b):
+    weights_a = load_file(str(a / "checkpoint" / "model.safetensors"))
+    weights_b = load_file(str(b / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)  # bitwise
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                          for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert strip(a) == strip(b)
+    assert (a / "predictions" / "sent-dev-output.csv").read_text() == \
+        (b / "predictions" / "sent-dev-output.csv").read_text()
+
+
+@pytest.mark.parametrize("at_step", [5, 12, 13])  # mid-epoch, at an epoch's end (12 steps each), just after
+def test_resumed_run_equals_the_uninterrupted_one(registry, tmp_path, at_step):
+    spec = spec_for(registry, tmp_path)
+    run_whole(registry, spec, tmp_path / "whole")
+    run_interrupted(registry, spec, tmp_path / "resumed", at_step)
+    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+
+
+def test_resume_with_gradient_surgery_smart_and_phases(registry, tmp_path):
+    """Every piece of state matters here: GradVac's targets, SMART's teacher, the phase."""
+    spec = spec_for(registry, tmp_path, sampler="all_tasks", gradient="gradvac",
+                    regularizers=[{"name": "smart", "sigma": 1e-3, "epsilon": 1e-3}],
+                    phases=[{"name": "heads", "trainable": "heads", "steps": 3},
+                            {"name": "all", "epochs": 2}])
+    run_whole(registry, spec, tmp_path / "whole")
+    run_interrupted(registry, spec, tmp_path / "resumed", at_step=9)
+    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+
+
+def test_resume_refuses_another_spec(registry, tmp_path):
+    spec = spec_for(registry, tmp_path)
+    run_whole(registry, spec, tmp_path / "run")
+    other = spec_for(registry, tmp_path, seed=4)
+    with pytest.raises(MtbertError, match="-seed = 3"):
+        RunDir.existing(tmp_path / "run", other)
+
+
+def test_start_from_another_runs_weights(registry, tmp_path):
+    """Report 001's transfer across two runs: heads first, then everything from those heads."""
+    heads = spec_for(registry, tmp_path, train={**unstructure(spec_for(registry, tmp_path).train),
+                                                "trainable": "heads"})
+    run_whole(registry, heads, tmp_path / "heads")
+    trained = load_file(str(tmp_path / "heads" / "checkpoint" / "model.safetensors"))
+    full = spec_for(registry, tmp_path, init_from=str(tmp_path / "heads"))
+    trainer = Trainer(full, registry, progress=False)
+    start = trainer.model.state_dict()
+    assert all(torch.equal(start[k], trained[k]) for k in trained)
+    with pytest.raises(SpecError, match="holds no checkpoint"):
+        spec_for(registry, tmp_path, init_from=str(tmp_path / "data"))
+
+
+def test_sigkill_mid_epoch_then_resume_from_the_command_line(registry, tmp_path):
+    """A real crash: SIGKILL the process once it has saved a state mid-epoch, then `--resume`."""
+    import signal
+    import subprocess
+    import time
+
+    import tomli_w
+    from test_cli import mtbert, script
+
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=480), epochs=2, save_every=3,
+                                log_every=5))
+    path = tmp_path / "spec.toml"
+    path.write_text(tomli_w.dumps(data))
+    assert mtbert("run", path, "--out", tmp_path / "whole", "--no-progress").returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([script(), "run", str(path), "--out", str(killed), "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "state" / "state.json"
+    while process.poll() is None:
+        try:  # written by an atomic rename: whole when visible, absent during the swap
+            saved = json.loads(state.read_text())
+        except FileNotFoundError:
+            saved = None
+        if saved is not None:
+            step = [v for k, v in saved["__dict__"] if k == "step"][0]
+            if 6 <= step < 25:  # a state inside the first epoch (30 steps)
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
+    assert not (killed / "best.json").exists()
+
+    resumed = mtbert("run", path, "--resume", killed, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step" in resumed.stderr
+    assert_same_run(tmp_path / "whole", killed)
