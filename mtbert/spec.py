@@ -114,6 +114,7 @@ class TrainSpec:
     trainable: Trainable = "all"
     last_layers: int = attrs.field(default=1, validator=at_least(1))  # with trainable = "last_layers"
     save_every: int = attrs.field(default=500, validator=at_least(0))  # steps between resumable states (0: epochs only)
+    max_bad_steps: int = attrs.field(default=10, validator=at_least(0))  # non-finite steps in a row before stopping
 
     def check(self):
         if self.epochs is not None and self.steps is not None:

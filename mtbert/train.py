@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .build import build_model, build_tasks, make, param_groups
 from .checkpoint import find_checkpoint, load_weights, save_checkpoint
 from .data import TaskStream
-from .errors import MtbertError
+from .errors import MtbertError, TrainingError
 from .evaluate import overall, predict, score, to_device, write_predictions
 from .interfaces import SamplerContext
 from .phases import Phase, resolve_phases, set_trainable
@@ -154,6 +154,8 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         self.micro, self.grad_stats, self.evals_since_best = 0, {}, 0
         self._reset_meter()
+        self.bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
+        self.bad_in_a_row, self.most_bad_in_a_row = self.bad_steps.clone(), self.bad_steps.clone()
         start, first_epoch, skip = self.step, 1, 0
         if state is not None:
             start, first_epoch, skip = state["phase_start"], state["epoch"], state["index"]
@@ -176,6 +178,8 @@ class Trainer:
                 if self.micro % cfg.accumulate:
                     continue
                 self._update()
+                if self.step % cfg.log_every == 0 or self.step - start >= total:
+                    self._check_finite()
                 if self.step % cfg.log_every == 0:
                     summary = self._log()
                     bar.set_postfix_str(summary)
@@ -191,6 +195,22 @@ class Trainer:
                 stop = self._evaluate() or stop
             if stop or self.step - start >= total:
                 return
+
+    def _check_finite(self) -> None:
+        """Stop when train.max_bad_steps steps in a row had a non-finite loss or gradient.
+
+        Read once per logging interval (the skipped steps changed nothing, so
+        stopping a little late loses nothing); the best checkpoint on disk is
+        from an evaluation before them and stays as it is."""
+        limit = self.spec.train.max_bad_steps
+        worst = int(self.most_bad_in_a_row)
+        if limit and worst >= limit:
+            self.writer.close()
+            raise TrainingError(
+                f"{worst} steps in a row had a non-finite loss or gradient (up to step {self.step}; "
+                f"{int(self.bad_steps)} in this phase); they were skipped and nothing was updated. "
+                f"The best checkpoint so far is intact in {self.run.checkpoint}.\n"
+                "  fix: lower train.lr, keep train.max_grad_norm on, or check the data's labels")
 
     # -- training state (resume) -----------------------------------------------------------
     def _state_due(self, index: int) -> bool:
@@ -211,6 +231,7 @@ class Trainer:
             "gradient": component_state(self.gradient),
             "regularizers": [component_state(r) for r in self.regularizers],
             "streams": {t: s.state() for t, s in self.streams.items()}, "rng": rng_state(),
+            "bad": [self.bad_steps, self.bad_in_a_row, self.most_bad_in_a_row],
         })
         self.saved_at = self.step
 
@@ -238,6 +259,7 @@ class Trainer:
                 obj.load_state_dict(saved)
         for task, position in state["streams"].items():
             self.streams[task].restore(position)
+        self.bad_steps, self.bad_in_a_row, self.most_bad_in_a_row = (t.to(self.device) for t in state["bad"])
         self._restore_counters(state)
         set_rng_state(state["rng"])  # last: nothing may draw random numbers between here and the step
 
@@ -260,9 +282,21 @@ class Trainer:
 
     def _update(self) -> None:
         self.grad_stats = self.gradient.finish()
-        if self.spec.train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.train.max_grad_norm)
-        self.optimizer.step()
+        max_norm = self.spec.train.max_grad_norm
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable if p.grad is not None])
+        # A non-finite loss makes the gradient norm non-finite: such a step is skipped and counted.
+        bad = ~torch.isfinite(norm)
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = bad.float()  # the fused kernels skip the update on the device, no sync
+            self.optimizer.step()
+        elif not bad.item():  # other optimizers: one read-back per step
+            self.optimizer.step()
+        self.bad_steps += bad
+        self.bad_in_a_row = (self.bad_in_a_row + 1) * bad
+        self.most_bad_in_a_row = torch.maximum(self.most_bad_in_a_row, self.bad_in_a_row)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         for regularizer in self.regularizers:
@@ -288,6 +322,7 @@ class Trainer:
             self.writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], self.step)
         throughput = self.examples / elapsed
         self.writer.add_scalar("throughput/examples_per_s", throughput, self.step)
+        self.writer.add_scalar("train/skipped_nonfinite_steps", int(self.bad_steps), self.step)
         for key, value in self.grad_stats.items():
             self.writer.add_scalar(f"gradient/{key}", float(value), self.step)
         for regularizer in self.regularizers:

@@ -1,4 +1,4 @@
-"""sgd: stochastic gradient descent with optional (Nesterov) momentum."""
+"""sgd: stochastic gradient descent with optional (Nesterov) momentum (torch's fused kernel when possible)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def build_sgd(options: SgdOptions, groups: list[ParamGroup]) -> torch.optim.Opti
     """SGD with optional momentum and weight decay."""
     torch_groups = [{"params": g.params, "lr": g.lr, "name": g.name,
                      "weight_decay": options.weight_decay if g.decay else 0.0} for g in groups]
-    return torch.optim.SGD(torch_groups, momentum=options.momentum, nesterov=options.nesterov)
+    params = [p for g in groups for p in g.params]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.SGD(torch_groups, momentum=options.momentum, nesterov=options.nesterov, fused=fused or None)
 
 
 @hookimpl
