@@ -98,9 +98,10 @@ def run(spec, overrides, out, resume, progress, verbose):
     if resume is not None:
         run_dir = RunDir.existing(resume, parsed)
     trainer = Trainer(parsed, registry(), progress=progress)  # reads and checks all data first
-    if resume is None:
-        run_dir = RunDir.create(parsed, out)
-    setup_logging(verbose, run_dir.path / "log.txt")
+    if resume is None:  # under torchrun the first rank makes the directory and tells the others
+        path = RunDir.create(parsed, out).path if trainer.dist.main else None
+        run_dir = RunDir(trainer.dist.broadcast_object(path))
+    setup_logging(verbose, run_dir.path / "log.txt" if trainer.dist.main else None)
     log.info("run directory: %s%s", run_dir.path, " (resuming)" if resume else "")
     best = trainer.fit(run_dir, resume=resume is not None)
     if best is None:
@@ -183,3 +184,37 @@ def plugins(as_json):
         click.echo("  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["description"])
     for f in failures:
         click.echo(f"FAILED  plugin '{f['plugin']}' (package {f['package']}): {f['problem']}", err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for report.md and its pictures (default: RUN_DIR/report).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the dev files are, if not at the run's data.dir (MTBERT_DATA is tried too).")
+@user_errors
+def report(run_dir, out, data_dir):
+    """Write RUN_DIR's report: learning curves, confusion matrices, scatter plots, settings."""
+    setup_logging()
+    from .report import make_report
+
+    written = make_report(run_dir, out, registry(), data_dir)
+    for note in written.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {written.path} ({len(written.images)} picture(s))")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@user_errors
+def export(run_dir, out):
+    """Write RUN_DIR's trained encoder to OUT in Hugging Face format (AutoModel.from_pretrained(OUT))."""
+    setup_logging()
+    from .export import export as export_run
+
+    exported = export_run(run_dir, out, registry())
+    for note in exported.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"exported the encoder ({exported.model_type}) to {exported.path}; load it with "
+               f"transformers.AutoModel.from_pretrained({str(exported.path)!r})")

@@ -16,6 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from .distributed import shard
 from .errors import DataError
 from .interfaces import LabelSpec
 
@@ -220,18 +221,24 @@ class TaskStream:
 
     The state is (pass number, position), and each pass's order is a pure
     function of (seed, pass number), so a stream can be restored exactly.
+    In a run of ``world`` processes, every rank draws the same global batches
+    of ``batch_size x world`` examples and keeps its own shard of each
+    (``share`` is the shard's fraction of its global batch); global batches
+    too small to give every rank an example are left out.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, pad_id: int, buckets: bool):
-        self.split, self.batch_size, self.seed = split, batch_size, seed
-        self.pad_id, self.buckets = pad_id, buckets
+    def __init__(self, split: Split, batch_size: int, seed: int, pad_id: int, buckets: bool,
+                 rank: int = 0, world: int = 1):
+        self.split, self.batch_size, self.seed = split, batch_size * world, seed
+        self.pad_id, self.buckets, self.rank, self.world = pad_id, buckets, rank, world
         self.lengths = split.lengths()
-        self.pass_number, self.position = 0, 0
+        self.pass_number, self.position, self.share = 0, 0, 1.0
         self._order = self._make_order()
 
     def _make_order(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 7919 + self.pass_number)
-        return pass_order(self.lengths, self.batch_size, generator, self.buckets)
+        order = pass_order(self.lengths, self.batch_size, generator, self.buckets)
+        return [batch for batch in order if len(batch) >= self.world]
 
     @property
     def batches_per_pass(self) -> int:
@@ -243,7 +250,9 @@ class TaskStream:
             self._order = self._make_order()
         indices = self._order[self.position]
         self.position += 1
-        return collate(self.split, indices, self.pad_id)
+        mine = shard(indices, self.rank, self.world)
+        self.share = len(mine) / len(indices)
+        return collate(self.split, mine, self.pad_id)
 
     def state(self) -> dict[str, int]:
         return {"pass_number": self.pass_number, "position": self.position}

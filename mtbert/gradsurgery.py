@@ -126,6 +126,7 @@ class PerTaskGradients(GradientMethod):
         self.seen = set()
         if not present or self.size == 0:
             return {}
+        self.average([self.buffer])  # each task's gradient over every rank's shard (no-op in one process)
         G = self.buffer if len(present) == len(self.tasks) else torch.stack([self.buffer[t] for t in present])
         stats = self.cosines(G, [self.tasks[t] for t in present])
         adjusted, fired = self.adjust(G, present)

@@ -203,6 +203,14 @@ class GradientMethod:
 
     needs_all_tasks: ClassVar[bool] = False
 
+    @staticmethod
+    def average(tensors: list[Tensor]) -> None:
+        """Averages tensors across processes in place (a no-op in one process).
+
+        The loop averages every ``.grad`` across ranks before ``finish``; a
+        method that keeps gradients elsewhere (per-task rows) averages them
+        with this in ``finish`` before using them. The loop sets it."""
+
     def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
               tasks: list[str]) -> None:
         self.shared, self.private, self.tasks = shared, private, tasks

@@ -27,6 +27,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from . import distributed
 from .build import build_model, build_tasks, make, param_groups
 from .checkpoint import find_checkpoint, load_weights, save_checkpoint
 from .data import TaskStream
@@ -70,7 +71,10 @@ class Trainer:
 
     def __init__(self, spec: Spec, registry: Registry, progress: bool = True):
         self.spec, self.registry = spec, registry
-        self.show_bar = progress and sys.stderr.isatty()
+        self.dist = distributed.group()  # one process, or one rank of a torchrun job
+        self.show_bar = progress and sys.stderr.isatty() and self.dist.main
+        if not self.dist.main:
+            log.setLevel(logging.WARNING)  # one rank tells the story
         cfg = spec.train
         seed_everything(spec.seed)
         if cfg.threads:
@@ -86,12 +90,15 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tasks = build_tasks(spec, registry, tokenizer)  # reads and checks all data before training
         self.model.to(self.device)
+        if self.dist.world > 1:  # same weights on every rank, but each rank its own dropout masks
+            torch.manual_seed(spec.seed + 1_000_003 * self.dist.rank)
 
         training = [t for t, parts in self.tasks.items() if "train" in parts.splits]
         if not training:
             raise MtbertError("no task has a train file; nothing to train (give tasks.<name>.data.train)")
         self.streams = {t: TaskStream(self.tasks[t].splits["train"], cfg.batch_size, spec.seed + i,
-                                      self.pad_id, cfg.length_buckets) for i, t in enumerate(training)}
+                                      self.pad_id, cfg.length_buckets, self.dist.rank, self.dist.world)
+                        for i, t in enumerate(training)}
         self.phases = resolve_phases(spec)
         self.regularizers = [make(registry, r) for r in spec.regularizers]
 
@@ -122,7 +129,8 @@ class Trainer:
         """Train into ``run``; with ``resume``, continue from the run's saved state."""
         self.run = run
         state = self._read_state() if resume else None
-        self.writer = SummaryWriter(str(self.run.tb), purge_step=state["step"] + 1 if state else None)
+        self.writer = (SummaryWriter(str(self.run.tb), purge_step=state["step"] + 1 if state else None)
+                       if self.dist.main else NullWriter())
         self.model.train()
         for phase in self.phases:
             if state is not None and phase.index < state["phase"]:
@@ -137,6 +145,7 @@ class Trainer:
             self._evaluate()
         self._finish()
         self.writer.close()
+        self.dist.barrier()
         return self.best
 
     def _run_phase(self, phase: Phase, state: dict | None = None) -> None:
@@ -150,6 +159,7 @@ class Trainer:
         self.gradient = make(self.registry, phase.gradient)
         shared = self.model.named_shared_parameters()
         shared_ids = {id(p) for _, p in shared}
+        self.gradient.average = self.dist.average  # for gradients a method keeps outside .grad
         self.gradient.setup(shared, [p for p in self.trainable if id(p) not in shared_ids], phase.tasks)
         self.model.zero_grad(set_to_none=True)
         self.micro, self.grad_stats, self.evals_since_best = 0, {}, 0
@@ -223,6 +233,10 @@ class Trainer:
         def component_state(obj):
             return obj.state_dict() if hasattr(obj, "state_dict") else None
 
+        rngs = self.dist.gather_objects(rng_state())
+        if not self.dist.main:
+            self.saved_at = self.step
+            return
         save_state(self.run.state, {
             "phase": phase, "epoch": epoch, "index": index, "phase_start": phase_start, "step": self.step,
             "micro": self.micro, "best": self.best, "evals_since_best": self.evals_since_best,
@@ -230,13 +244,18 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "gradient": component_state(self.gradient),
             "regularizers": [component_state(r) for r in self.regularizers],
-            "streams": {t: s.state() for t, s in self.streams.items()}, "rng": rng_state(),
+            "streams": {t: s.state() for t, s in self.streams.items()}, "rng": rngs,
             "bad": [self.bad_steps, self.bad_in_a_row, self.most_bad_in_a_row],
         })
         self.saved_at = self.step
 
     def _read_state(self) -> dict:
         state = load_state(self.run.state)
+        if len(state["rng"]) != self.dist.world:
+            raise MtbertError(f"the run was saved by {len(state['rng'])} process(es); resume it with as many "
+                              f"(this is {self.dist.world})")
+        if not self.dist.main:
+            return state
         with open(self.run.metrics, "a+", encoding="utf-8") as fp:  # drop evaluations after the state
             fp.seek(0)
             kept = [line for line in fp if json.loads(line)["step"] <= state["step"]]
@@ -261,19 +280,22 @@ class Trainer:
             self.streams[task].restore(position)
         self.bad_steps, self.bad_in_a_row, self.most_bad_in_a_row = (t.to(self.device) for t in state["bad"])
         self._restore_counters(state)
-        set_rng_state(state["rng"])  # last: nothing may draw random numbers between here and the step
+        set_rng_state(state["rng"][self.dist.rank])  # last: nothing may draw random numbers before the step
 
     def _train_step(self, step_tasks: list[str]) -> None:
         losses = {}
         for task in step_tasks:
             parts = self.tasks[task]
-            batch = to_device(self.streams[task].next_batch(), self.device)
+            stream = self.streams[task]
+            batch = to_device(stream.next_batch(), self.device)
             with self.autocast():
                 output = self.model(task, batch)
                 loss = parts.loss(output, batch["labels"])
                 for regularizer in self.regularizers:
                     loss = loss + regularizer.penalty(self.model, task, batch, output)
-            losses[task] = loss * (parts.weight / self.spec.train.accumulate)
+            # stream.share: this rank's part of the global batch (1 in one process), so that the
+            # average across ranks is the loss of the whole global batch
+            losses[task] = loss * (parts.weight * stream.share * self.dist.world / self.spec.train.accumulate)
             self.loss_sum[task] = self.loss_sum.get(task, 0.0) + loss.detach().float()
             self.loss_count[task] = self.loss_count.get(task, 0) + 1
             self.examples += len(batch["labels"])
@@ -281,6 +303,7 @@ class Trainer:
         self.micro += 1
 
     def _update(self) -> None:
+        self.dist.average([p.grad for p in self.trainable])
         self.grad_stats = self.gradient.finish()
         max_norm = self.spec.train.max_grad_norm
         if max_norm > 0:
@@ -313,7 +336,11 @@ class Trainer:
     def _log(self) -> str:
         """Write the interval's scalars (the one device read-back per interval)."""
         elapsed = max(time.perf_counter() - self.meter_started, 1e-9)
-        losses = {t: (s / self.loss_count[t]).item() for t, s in self.loss_sum.items()}
+        means = torch.stack([s / self.loss_count[t] for t, s in self.loss_sum.items()] +
+                            [torch.tensor(float(self.examples), device=self.device)])
+        self.dist.average([means])  # every rank's share of the batches: the global means
+        losses = dict(zip(self.loss_sum, means[:-1].tolist()))
+        self.examples = means[-1].item() * self.dist.world
         steps = sum(self.loss_count.values())
         for task, value in losses.items():
             self.writer.add_scalar(f"train/loss/{task}", value, self.step)
@@ -346,26 +373,16 @@ class Trainer:
             scores[name] = score(parts, predictions[name], dev.labels)
         if not scores:
             return False
+        # Every rank scores the whole dev set (same weights, same result); only the first writes.
         record = {"step": self.step, "epoch": epoch, "tasks": scores, "overall": overall(self.tasks, scores),
                   "elapsed_s": round(time.perf_counter() - self.started, 1)}
         if len(self.phases) > 1:
             record["phase"] = self.phase.name
-        self.run.append_metrics(record)
-        for task, values in scores.items():
-            for metric, value in values.items():
-                self.writer.add_scalar(f"dev/{task}/{metric}", value, self.step)
-        self.writer.add_scalar("dev/overall", record["overall"], self.step)
-        log.info("step %d (epoch %d): overall %.4f  %s", self.step, epoch, record["overall"],
-                 "  ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in s.items()) for t, s in scores.items()))
-        if self.best is None or record["overall"] > self.best["overall"]:
+        improved = self.best is None or record["overall"] > self.best["overall"]
+        if self.dist.main:
+            self._write_evaluation(record, predictions if improved else None)
+        if improved:
             self.best, self.evals_since_best = record, 0
-            save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": epoch,
-                                                              "overall": record["overall"]})
-            self.run.write_best(record)
-            for task, values in predictions.items():
-                parts = self.tasks[task]
-                write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
-                                  values, parts.prediction_column)
             return False
         self.evals_since_best += 1
         patience = self.spec.train.early_stopping
@@ -374,8 +391,29 @@ class Trainer:
             return True
         return False
 
+    def _write_evaluation(self, record: dict, best_predictions: dict | None) -> None:
+        self.run.append_metrics(record)
+        for task, values in record["tasks"].items():
+            for metric, value in values.items():
+                self.writer.add_scalar(f"dev/{task}/{metric}", value, self.step)
+        self.writer.add_scalar("dev/overall", record["overall"], self.step)
+        log.info("step %d (epoch %d): overall %.4f  %s", self.step, record["epoch"], record["overall"],
+                 "  ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in s.items())
+                           for t, s in record["tasks"].items()))
+        if best_predictions is None:
+            return
+        save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": record["epoch"],
+                                                          "overall": record["overall"]})
+        self.run.write_best(record)
+        for task, values in best_predictions.items():
+            parts = self.tasks[task]
+            write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
+                              values, parts.prediction_column)
+
     def _finish(self) -> None:
         """Test predictions from the best checkpoint (or the last weights when nothing was scored)."""
+        if not self.dist.main:
+            return
         if self.best is None:
             save_checkpoint(self.model, self.run.checkpoint, {"step": self.step, "epoch": self.epoch})
         else:
@@ -387,6 +425,16 @@ class Trainer:
                                  self.pad_id, self.autocast)
                 write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
                                   parts.prediction_column)
+
+
+class NullWriter:
+    """What ranks other than the first write to TensorBoard: nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def train(spec: Spec, registry: Registry, run: RunDir, progress: bool = True) -> dict | None:

@@ -1,0 +1,94 @@
+"""Two CPU processes on gloo train exactly like one process with the doubled batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tomli_w
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtbert.spec import structure_spec, unstructure
+
+from conftest import ROOT, TINY_ENCODER
+from test_cli import mtbert, script
+from test_train import toy_data, toy_spec
+
+
+def write_spec(registry, tmp_path, **changes):
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=64), epochs=2, log_every=1,
+                                batch_size=8, lr=3e-3))
+    data["encoder"] = {**TINY_ENCODER, "dropout": 0.0, "attention_dropout": 0.0}
+    for task in data["tasks"].values():
+        task["head"]["dropout"] = 0.0
+    data.update(changes)
+    structure_spec(data, registry)  # valid
+    path = tmp_path / "spec.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def torchrun(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MTBERT_DATA", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           script(), *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
+def losses(run):
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if tag.startswith("train/loss/")}
+
+
+@pytest.mark.parametrize("changes", [
+    {},  # round-robin, summed loss
+    {"sampler": "all_tasks", "gradient": "pcgrad"},  # per-task gradients reduced before the projection
+    {"sampler": "annealed"},  # random task draws: every rank must draw the same
+], ids=["round_robin", "pcgrad", "annealed"])
+def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, changes):
+    spec = write_spec(registry, tmp_path, **{k: v for k, v in changes.items() if v is not None})
+    two = torchrun("run", spec, "--out", tmp_path / "two", "--no-progress")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = mtbert("run", spec, "--out", tmp_path / "one", "--no-progress", "--set", "train.batch_size=16")
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    curves_two, curves_one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert curves_two.keys() == curves_one.keys() and curves_one
+    for tag in curves_one:
+        steps_two, values_two = zip(*curves_two[tag])
+        steps_one, values_one = zip(*curves_one[tag])
+        assert steps_two == steps_one
+        assert torch.allclose(torch.tensor(values_two), torch.tensor(values_one), rtol=1e-4, atol=1e-5), tag
+    a = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2  # written once, by the first rank
+
+
+def test_ranks_split_each_global_batch(registry, tmp_path):
+    """Each rank keeps a disjoint shard; together they are one process's doubled batch."""
+    from mtbert.data import TaskStream
+    from mtbert.distributed import shard
+    from mtbert.build import build_tasks
+
+    spec = structure_spec(unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=40), steps=1)), registry)
+    from mtbert.build import make
+    encoder = make(registry, spec.encoder)
+    split = build_tasks(spec, registry, encoder.tokenizer)["sent"].splits["train"]
+    one = TaskStream(split, 16, seed=5, pad_id=0, buckets=True)
+    ranks = [TaskStream(split, 8, seed=5, pad_id=0, buckets=True, rank=r, world=2) for r in (0, 1)]
+    for _ in range(6):  # more than a pass: 40 rows = 16 + 16 + 8
+        whole = one.next_batch()["index"].tolist()
+        parts = [stream.next_batch()["index"].tolist() for stream in ranks]
+        assert parts[0] + parts[1] == whole and not set(parts[0]) & set(parts[1])
+        assert ranks[0].share + ranks[1].share == 1.0
+    assert shard([1, 2, 3, 4, 5], 0, 2) == [1, 2, 3] and shard([1, 2, 3, 4, 5], 1, 2) == [4, 5]
