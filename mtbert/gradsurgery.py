@@ -11,12 +11,19 @@ parameters (heads, task-specific adapters) just receive each task's gradient.
 
 Surgery acts per *block* of the flat vector: the whole model, one block per
 transformer layer (plus one per top-level part outside the layers, e.g. the
-embeddings and the pooler), or one block per parameter tensor. Blocks are
-contiguous, and each starts at a multiple of ``CHUNK`` (zeros in between), so
-a per-block reduction is a reshape-sum over chunks followed by a
-``segment_reduce`` over each block's chunks, and a per-block coefficient is
-spread back with ``repeat_interleave`` over chunks: full-width tensor ops
-whatever the number or sizes of blocks, with no loop over parameters or blocks.
+embeddings and the pooler), or one block per parameter tensor.
+
+The cheap part: every adjusted gradient stays in the span of the original
+task gradients, g_i' = sum_j a_ij g_j, and every quantity the methods need
+(dot products, norms, cosines) is a function of the blocks' Gram matrices
+G_b G_b^T. So ``finish`` reads the [T, P] rows once to get the [B, T, T] Gram
+matrices, runs the method on T x T coefficients (``coefficients``), and reads
+the rows once more to form the update sum_i g_i' = sum_j (sum_i a_ij) g_j.
+Blocks are contiguous and each starts at a multiple of ``CHUNK`` (zeros in
+between): per-chunk Gram matrices come from one batched matmul, a one-hot
+chunk -> block matrix sums them per block, and the same matrix spreads the
+per-block weights back over the chunks -- tensor ops whatever the number or
+sizes of the blocks, with no loop over parameters or blocks.
 """
 
 from __future__ import annotations
@@ -97,7 +104,9 @@ class PerTaskGradients(GradientMethod):
             offset = start + chunks[-1] * CHUNK
         device = self.params[0].device if self.params else torch.device("cpu")
         self.num_blocks, self.num_chunks, self.size = len(chunks), offset // CHUNK, offset
-        self.chunks = torch.tensor(chunks, dtype=torch.long, device=device)  # chunks per block
+        block_of_chunk = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(chunks, dtype=torch.long))
+        # [C, B] one-hot: which block each chunk belongs to (sums per block, spreads weights back)
+        self.members = torch.nn.functional.one_hot(block_of_chunk, len(chunks)).float().to(device)
         self.buffer = torch.zeros(len(self.tasks), self.size, dtype=torch.float32, device=device)
         self.rows = [[self.buffer[t, o:o + p.numel()].view(p.shape) for o, p in self.slices]
                      for t in range(len(self.tasks))]
@@ -127,10 +136,10 @@ class PerTaskGradients(GradientMethod):
         if not present or self.size == 0:
             return {}
         self.average([self.buffer])  # each task's gradient over every rank's shard (no-op in one process)
-        G = self.buffer if len(present) == len(self.tasks) else torch.stack([self.buffer[t] for t in present])
-        stats = self.cosines(G, [self.tasks[t] for t in present])
-        adjusted, fired = self.adjust(G, present)
-        update = adjusted.sum(0)
+        G = self.buffer if len(present) == len(self.tasks) else rows(self.buffer, present)
+        gram = self.block_gram(G)
+        coef, fired = self.coefficients(gram, present)
+        update = self.mix(coef.sum(1), G)  # sum_i g_i' = sum_j (sum_i a_ij) g_j, block by block
         for offset, param in self.slices:
             g = update[offset:offset + param.numel()].view(param.shape).to(param.dtype)
             if param.grad is None:
@@ -138,9 +147,9 @@ class PerTaskGradients(GradientMethod):
             else:
                 param.grad.add_(g)
         self.buffer.zero_()
+        stats = self.cosines(gram.sum(0), [self.tasks[t] for t in present])
         stats["fired"] = fired
         return stats
-
     def state_dict(self) -> dict:
         """What a resumed run needs: the order generator (and a subclass's running state)."""
         return {"generator": self.generator.get_state()}
@@ -149,30 +158,29 @@ class PerTaskGradients(GradientMethod):
         self.generator.set_state(state["generator"])
 
     # -- for subclasses ------------------------------------------------------------------------
-    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        """[T, P] task gradients (rows: the tasks at positions ``present`` in
-        ``self.tasks``; G must not be changed) -> ([T, P] adjusted gradients,
-        fraction of (i, j, block) checks where the adjustment fired)."""
+    def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        """[B, T, T] Gram matrices of the task gradients, block by block (rows: the tasks at
+        positions ``present`` in ``self.tasks``) -> ([B, T, T] coefficients a with
+        g_i' = sum_j a[b, i, j] g_j in block b, fraction of (i, j, block) checks that fired)."""
         raise NotImplementedError
 
-    def block_sum(self, x: Tensor) -> Tensor:
-        """[T, P] -> [T, B]: the sum over each block of each row."""
-        rows = x.shape[0]
-        per_chunk = x.view(rows, self.num_chunks, CHUNK).sum(-1)
-        # one flat segment_reduce over rows x blocks segments: the 1-D form runs CUB's segmented
-        # reduce on CUDA; unsafe=True skips a validation that reads the lengths back (a device sync)
-        sums = torch.segment_reduce(per_chunk.reshape(-1), "sum", lengths=self.chunks.repeat(rows), unsafe=True)
-        return sums.view(rows, self.num_blocks)
+    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        """The adjusted per-task rows [T, P] themselves (what ``finish`` never forms; for tests)."""
+        coef, fired = self.coefficients(self.block_gram(G), present)
+        return torch.stack([self.mix(coef[:, i], G) for i in range(G.shape[0])]), fired
 
-    def block_dot(self, a: Tensor, b: Tensor) -> Tensor:
-        """[T, P], [T, P] -> [T, B]: per-block dot products of matching rows."""
-        return self.block_sum(a * b)
+    # -- block algebra ---------------------------------------------------------------------------
+    def block_gram(self, G: Tensor) -> Tensor:
+        """[T, P] -> [B, T, T]: G_b G_b^T for every block b."""
+        rows_, chunks = G.shape[0], G.view(G.shape[0], self.num_chunks, CHUNK)
+        with torch.autocast(G.device.type, enabled=False):
+            per_chunk = torch.einsum("icx,jcx->cij", chunks, chunks)  # one batched matmul
+        return (self.members.T @ per_chunk.reshape(self.num_chunks, -1)).view(self.num_blocks, rows_, rows_)
 
-    def scale(self, coef: Tensor, x: Tensor) -> Tensor:
-        """[T, B] coefficients times [T, P] rows, block by block."""
-        rows = x.shape[0]
-        per_chunk = torch.repeat_interleave(coef, self.chunks, dim=1, output_size=self.num_chunks)
-        return (per_chunk.unsqueeze(-1) * x.view(rows, self.num_chunks, CHUNK)).view(rows, self.size)
+    def mix(self, weights: Tensor, G: Tensor) -> Tensor:
+        """[B, T] weights, [T, P] rows -> [P]: sum_j weights[b, j] G[j] within each block b."""
+        per_chunk = self.members @ weights  # [C, T]: each chunk takes its block's weights
+        return torch.einsum("ct,tcx->cx", per_chunk, G.view(G.shape[0], self.num_chunks, CHUNK)).reshape(-1)
 
     def partners(self, count: int) -> list[list[int]]:
         """Random orders of the others: ``partners(T)[k][i]`` is task i's k-th partner (row indices)."""
@@ -182,11 +190,13 @@ class PerTaskGradients(GradientMethod):
             orders.append([others[k] for k in torch.randperm(count - 1, generator=self.generator).tolist()])
         return [list(column) for column in zip(*orders)]
 
+    def index(self, values: list[int]) -> Tensor:
+        """A short list of indices as a tensor on the buffer's device (copied without a sync)."""
+        return torch.tensor(values, dtype=torch.long).to(self.buffer.device, non_blocking=True)
+
     @staticmethod
-    def cosines(G: Tensor, names: list[str]) -> dict[str, Tensor]:
-        """Whole-model cosine of every unordered pair of (original) task gradients."""
-        with torch.autocast(G.device.type, enabled=False):
-            gram = G @ G.T
+    def cosines(gram: Tensor, names: list[str]) -> dict[str, Tensor]:
+        """Whole-model cosine of every unordered pair of (original) task gradients, from their Gram matrix."""
         norms = gram.diagonal().clamp_min(0).sqrt()
         cos = gram / (norms[:, None] * norms[None, :]).clamp_min(EPS)
         return {f"cos/{a}~{b}": cos[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}

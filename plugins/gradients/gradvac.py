@@ -28,7 +28,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.gradsurgery import EPS, PerTaskGradients, rows
+from mtbert.gradsurgery import EPS, PerTaskGradients
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least, in_range
 
@@ -55,27 +55,29 @@ class GradVac(PerTaskGradients):
         super().load_state_dict(state)
         self.target.copy_(state["target"])
 
-    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        count, beta = G.shape[0], self.options.beta
-        norm = self.block_dot(G, G).sqrt()  # [T, B] |g_j| per block
-        out = G.clone()
-        fired = G.new_zeros(())
-        for partner in self.partners(count):  # round k: every i against its own k-th partner
-            pairs = [(present[i], present[j]) for i, j in enumerate(partner)]
-            other, norm_j = rows(G, partner), rows(norm, partner)
-            target = torch.stack([self.target[a, b] for a, b in pairs])
-            norm_i = self.block_dot(out, out).sqrt()
-            phi = (self.block_dot(out, other) / (norm_i * norm_j).clamp_min(EPS)).clamp(-1.0, 1.0)
+    def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        blocks, count, _ = gram.shape
+        beta = self.options.beta
+        coef = torch.eye(count, device=gram.device).expand(blocks, count, count).clone()  # g_i' = g_i
+        norm = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # [B, T] |g_j|
+        tasks = self.index(list(range(count)))
+        fired = gram.new_zeros(())
+        for partner in self.partners(count):  # round k: every i against its own k-th partner j
+            j = self.index(partner)
+            first, second = self.index([present[i] for i in range(count)]), self.index([present[p] for p in partner])
+            target = self.target[first, second].T  # [B, T]: phi_hat of each (i, j) pair
+            dot = (coef * gram[:, j, :]).sum(-1)  # g_i' . g_j
+            norm_i = torch.einsum("bik,bkl,bil->bi", coef, gram, coef).clamp_min(0).sqrt()  # |g_i'|
+            norm_j = norm[:, j]
+            phi = (dot / (norm_i * norm_j).clamp_min(EPS)).clamp(-1.0, 1.0)
             fire = (phi < target) & (norm_i > 0) & (norm_j > 0)
             sin_phi = (1 - phi * phi).clamp_min(0).sqrt()
             sin_target = (1 - target * target).clamp_min(1e-12).sqrt()
-            coef = norm_i * (target * sin_phi - phi * sin_target) / (norm_j * sin_target).clamp_min(EPS)
-            out += self.scale(torch.where(fire, coef, 0.0), other)
-            updated = (1 - beta) * target + beta * phi
-            for (a, b), value in zip(pairs, updated):
-                self.target[a, b] = value
+            step = norm_i * (target * sin_phi - phi * sin_target) / (norm_j * sin_target).clamp_min(EPS)
+            coef[:, tasks, j] += torch.where(fire, step, 0.0)
+            self.target[first, second] = ((1 - beta) * target + beta * phi).T
             fired += fire.sum()
-        return out, fired / max(1, count * (count - 1) * self.num_blocks)
+        return coef, fired / max(1, count * (count - 1) * blocks)
 
 
 @hookimpl

@@ -20,7 +20,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.gradsurgery import EPS, PerTaskGradients, rows
+from mtbert.gradsurgery import EPS, PerTaskGradients
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
 
@@ -34,19 +34,20 @@ class PCGradOptions:
 class PCGrad(PerTaskGradients):
     """Project each task's gradient off the others' where they conflict."""
 
-    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        count = G.shape[0]
-        squared = self.block_dot(G, G)  # [T, B] |g_j|^2 per block
-        out = G.clone()
-        fired = G.new_zeros(())
-        for partner in self.partners(count):  # round k: every i against its own k-th partner
-            other = rows(G, partner)
-            dot = self.block_dot(out, other)
+    def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        blocks, count, _ = gram.shape
+        coef = torch.eye(count, device=gram.device).expand(blocks, count, count).clone()  # g_i' = g_i
+        squared = gram.diagonal(dim1=1, dim2=2)  # [B, T] |g_j|^2
+        tasks = self.index(list(range(count)))
+        fired = gram.new_zeros(())
+        for partner in self.partners(count):  # round k: every i against its own k-th partner j
+            j = self.index(partner)
+            dot = (coef * gram[:, j, :]).sum(-1)  # [B, T]: g_i' . g_j = sum_k a_ik (g_k . g_j)
             conflict = dot < 0
-            coef = torch.where(conflict, dot / rows(squared, partner).clamp_min(EPS), 0.0)
-            out -= self.scale(coef, other)
+            step = torch.where(conflict, dot / squared[:, j].clamp_min(EPS), 0.0)
+            coef[:, tasks, j] -= step  # g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j
             fired += conflict.sum()
-        return out, fired / max(1, count * (count - 1) * self.num_blocks)
+        return coef, fired / max(1, count * (count - 1) * blocks)
 
 
 @hookimpl
