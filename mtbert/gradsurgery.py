@@ -106,7 +106,9 @@ class PerTaskGradients(GradientMethod):
         self.num_blocks, self.num_chunks, self.size = len(chunks), offset // CHUNK, offset
         block_of_chunk = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(chunks, dtype=torch.long))
         # [C, B] one-hot: which block each chunk belongs to (sums per block, spreads weights back)
-        self.members = torch.nn.functional.one_hot(block_of_chunk, len(chunks)).float().to(device)
+        members = torch.zeros(self.num_chunks, self.num_blocks)
+        members[torch.arange(self.num_chunks), block_of_chunk] = 1.0
+        self.members = members.to(device)
         self.buffer = torch.zeros(len(self.tasks), self.size, dtype=torch.float32, device=device)
         self.rows = [[self.buffer[t, o:o + p.numel()].view(p.shape) for o, p in self.slices]
                      for t in range(len(self.tasks))]
