@@ -122,7 +122,7 @@ class Loss:
         raise NotImplementedError
 
 
-# -- metrics: factory(config) -> Metric ---------------------------------------------
+# -- metrics: factory(config, labels: LabelSpec) -> Metric ----------------------------
 class Metric:
     """Predictions vs labels -> a float; ``range`` maps it to [0, 1] for the overall score."""
 
@@ -251,7 +251,9 @@ class Regularizer:
 # the encoder's output before the heads. It returns a module holding the
 # adapter's parameters. A module with ``task_specific = True`` is left out of
 # the shared parameters that gradient methods treat. A factory attribute
-# ``needs_layer_slots = True`` makes validation refuse encoders without slots.
-# Register each parameter once: a branch installed in the encoder should hold
+# ``needs_layer_slots = True`` makes validation refuse encoders without slots;
+# ``mergeable = True`` promises a module with ``merge(encoder) -> str`` that
+# folds the adapter into the encoder's own weights (what `mtbert export` needs)
+# and returns a note on what it did. Register each parameter once: a branch installed in the encoder should hold
 # a plain reference to the returned module (not a registered submodule), or
 # the state dict names the same tensor twice and safetensors refuses it.

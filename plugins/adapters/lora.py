@@ -87,6 +87,27 @@ class Lora(nn.Module):
         self.factors = nn.ModuleDict({name.replace(".", "-"): part for name, part in factors.items()})
         self.scale = scale
 
+    @torch.no_grad()
+    def merge(self, encoder: nn.Module) -> str:
+        """Fold every update into its linear: W <- W + scale B A, a plain nn.Linear again.
+
+        The encoder then computes the same function (in eval mode) with no
+        adapter, which is what exporting it as a plain model needs."""
+        for name in self.wrapped:
+            wrapped = encoder.get_submodule(name)
+            part = self.factors[name.replace(".", "-")]
+            merged = nn.Linear(wrapped.in_features, wrapped.out_features, bias=wrapped.bias is not None,
+                               device=wrapped.weight.device, dtype=wrapped.weight.dtype)
+            delta = (part.B.double() @ part.A.double()) * self.scale
+            merged.weight.copy_((wrapped.weight.double() + delta).to(wrapped.weight.dtype))
+            if wrapped.bias is not None:
+                merged.bias.copy_(wrapped.bias)
+            parent_name, _, child = name.rpartition(".")
+            parent = encoder.get_submodule(parent_name) if parent_name else encoder
+            setattr(parent, child, merged)
+        return (f"LoRA merged into the weights of {len(self.wrapped)} linear layer(s): W + (alpha/r) B A with "
+                f"alpha/r = {self.scale:g}")
+
 
 def _matches(name: str, targets: list[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
@@ -111,6 +132,9 @@ def build_lora(options: LoraOptions, encoder: nn.Module, tasks: list[str]) -> Lo
         parent = encoder.get_submodule(parent_name) if parent_name else encoder
         setattr(parent, child, LoraLinear(linear, part, scale))
     return Lora(factors, scale)
+
+
+build_lora.mergeable = True  # Lora.merge folds it into the encoder's weights (mtbert export)
 
 
 @hookimpl

@@ -1,0 +1,5 @@
+"""python -m mtbert: the command line, where only the package (not its script) is on the path."""
+
+from .cli import main
+
+main()
