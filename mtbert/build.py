@@ -7,6 +7,7 @@ instead of failing somewhere inside the loop.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,12 @@ from .spec import ComponentSpec, Spec
 REQUIRED = {
     "encoders": ("forward", "embed", "hidden_size", "tokenizer", "save_architecture", "parameters"),
     "readers": ("rows",),
-    "heads": ("forward", "predict", "parameters"),
+    "heads": ("forward", "predict", "parameters", "output_kind"),
     "losses": ("__call__",),
     "metrics": ("__call__", "normalized"),
     "samplers": ("plan", "steps_per_epoch"),
-    "optimizers": ("step", "zero_grad", "param_groups"),
-    "schedulers": ("step", "get_last_lr"),
+    "optimizers": ("step", "zero_grad", "param_groups", "defaults", "state_dict", "load_state_dict"),
+    "schedulers": ("step", "get_last_lr", "state_dict", "load_state_dict"),
     "gradient_methods": ("setup", "backward", "finish"),
     "regularizers": ("penalty", "after_step", "stats"),
     "adapters": ("parameters",),
@@ -39,6 +40,14 @@ REQUIRED = {
 def make(registry: Registry, component: ComponentSpec, *args, **kwargs) -> Any:
     """Build one component and check it meets its kind's interface."""
     entry = registry.get(component.kind, component.name)
+    try:
+        inspect.signature(entry.factory).bind(component.options, *args, **kwargs)
+    except TypeError as exc:
+        raise PluginError(f"{singular(component.kind)} \"{component.name}\" from plugin '{entry.plugin}' "
+                          f"(package {entry.package}) cannot be called as the core calls a {singular(component.kind)} "
+                          f"factory ({exc}); see docs/plugins.md") from None
+    except ValueError:  # no signature to check (a builtin): just call it
+        pass
     obj = entry.factory(component.options, *args, **kwargs)
     missing = [a for a in REQUIRED[component.kind] if not hasattr(obj, a)]
     if missing:

@@ -49,7 +49,9 @@ def build_registry(entry_points: Iterable[metadata.EntryPoint] | None = None,
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    packages: dict[str, str] = {}
+    # pluggy's name for a plugin is "<package>:<entry point>", so two packages may
+    # use the same entry-point name; users see the entry point and the package.
+    plugins: dict[str, tuple[str, str]] = {}
 
     candidates = []
     for ep in _selected(list(entry_points) if entry_points is not None else _entry_points()):
@@ -60,25 +62,27 @@ def build_registry(entry_points: Iterable[metadata.EntryPoint] | None = None,
     candidates.extend(modules)
 
     for name, module, package in candidates:
+        key = f"{package}:{name}"
         try:
-            pm.register(module, name=name)
+            pm.register(module, name=key)
             pm.check_pending()
         except Exception as exc:
-            if pm.is_registered(module):
+            if pm.get_plugin(key) is module:  # only what this entry point registered, never an earlier plugin
                 pm.unregister(module)
-            registry.failures.append(PluginFailure(name, package, f"invalid plugin: {exc}"))
+            problem = f"module {module.__name__} is already loaded as another plugin" \
+                if "already registered" in str(exc) else f"invalid plugin: {exc}"
+            registry.failures.append(PluginFailure(name, package, problem))
             continue
-        packages[name] = package
+        plugins[key] = (name, package)
 
     for kind, hook_name in hookspecs.KIND_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            package = packages.get(impl.plugin_name, "?")
-            register = registry.registrar(kind, impl.plugin_name, package)
+            name, package = plugins[impl.plugin_name]
+            register = registry.registrar(kind, name, package)
             try:
                 impl.function(register=register)
             except Exception as exc:
-                registry.failures.append(
-                    PluginFailure(impl.plugin_name, package, f"{hook_name} raised: {exc!r}"))
+                registry.failures.append(PluginFailure(name, package, f"{hook_name} raised: {exc!r}"))
     return registry
 
 

@@ -358,14 +358,22 @@ def _check_task(name: str, task: TaskSpec, registry: Registry):
     path = f"tasks.{name}"
     if not TASK_NAME.match(name):
         yield path, "task names are lower-case letters, digits, '_' or '-' (they name output files)"
-    head = registry.get("heads", task.head.name).factory
+    entry = registry.get("heads", task.head.name)
+    head = entry.factory
+    if not callable(getattr(head, "labels", None)):
+        yield (f"{path}.head", f"head \"{task.head.name}\" from plugin '{entry.plugin}' (package {entry.package}) "
+               "has no labels() classmethod, so its labels cannot be checked; see docs/plugins.md")
+        return
     kind = head.labels(task.head.options).kind
     loss = registry.get("losses", task.loss.name).factory
-    if kind not in getattr(loss, "accepts", ()):
+    if not hasattr(loss, "accepts"):
+        yield (f"{path}.loss", f"loss \"{task.loss.name}\" declares no `accepts` (the head output kinds "
+               "it trains); see docs/plugins.md")
+    elif kind not in loss.accepts:
         yield (f"{path}.loss", f"\"{task.loss.name}\" trains {', '.join(sorted(loss.accepts))} outputs, "
                f"but head \"{task.head.name}\" gives {kind} outputs")
     for i, metric in enumerate(task.metrics):
-        accepts = getattr(registry.get("metrics", metric.name).factory, "accepts", ())
+        accepts = getattr(registry.get("metrics", metric.name).factory, "accepts", None) or ()
         if kind not in accepts:
             yield (f"{path}.metrics[{i}]", f"\"{metric.name}\" scores {', '.join(sorted(accepts))} "
                    f"predictions, but head \"{task.head.name}\" gives {kind} ones")
