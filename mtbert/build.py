@@ -18,6 +18,7 @@ from .data import Split, load_split
 from .errors import PluginError
 from .interfaces import LabelSpec, ParamGroup
 from .model import MultitaskModel
+from .paths import expand
 from .registry import Registry, singular
 from .spec import ComponentSpec, Spec
 
@@ -87,7 +88,7 @@ class TaskParts:
 
 
 def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev", "test")) -> dict[str, TaskParts]:
-    data_dir = Path(spec.data.dir).expanduser()
+    data_dir = expand(spec.data.dir)
     tasks = {}
     for name, task in spec.tasks.items():
         labels = label_spec(registry, task.head)

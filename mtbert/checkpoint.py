@@ -20,12 +20,26 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import CheckpointError
+from .paths import is_file
 
 WEIGHTS = "model.safetensors"
 
 
+def recover(directory: Path) -> None:
+    """Finish an interrupted swap: a crash between the two renames of a save leaves
+    only ``<dir>.old``, which is the previous, whole copy."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    try:
+        if not directory.exists() and old.is_dir():
+            os.replace(old, directory)
+    except OSError:  # an impossible path (e.g. a name too long) holds no checkpoint to recover
+        pass
+
+
 def save_checkpoint(model, directory: Path, meta: dict) -> None:
     directory = Path(directory)
+    recover(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -44,14 +58,16 @@ def save_checkpoint(model, directory: Path, meta: dict) -> None:
 def find_checkpoint(path: str | Path) -> Path | None:
     """A run directory or a checkpoint directory -> the checkpoint directory, if there is one."""
     path = Path(path)
+    recover(path / "checkpoint")
     for candidate in (path / "checkpoint", path):
-        if (candidate / WEIGHTS).is_file():
+        if is_file(candidate / WEIGHTS):
             return candidate
     return None
 
 
 def load_weights(model, directory: Path) -> None:
     """Load a checkpoint's tensors into ``model``; refuse any that do not fit, naming them."""
+    recover(Path(directory))
     path = Path(directory) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"no {WEIGHTS} in {directory}: not an mtbert checkpoint directory")
@@ -60,8 +76,9 @@ def load_weights(model, directory: Path) -> None:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
     own = model.state_dict()
-    problems = [f"{k}: checkpoint {tuple(tensors[k].shape)}, model {tuple(own[k].shape)}"
-                for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    problems = shapes[:8] + ([f"... and {len(shapes) - 8} more tensors of another shape"] if len(shapes) > 8 else [])
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
     if missing:

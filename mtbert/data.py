@@ -59,7 +59,7 @@ def parse_label(raw, spec: LabelSpec, names: list[str] | None):
     text = raw.strip() if isinstance(raw, str) else raw
     if names is not None and isinstance(text, str):
         if text not in names:
-            raise ValueError(f"label {text!r} is not one of the label_names {names}")
+            raise ValueError(f"label {_short(text)} is not one of the label_names {names}")
         index = names.index(text)
         if index >= (2 if spec.kind == "binary" else spec.num_labels or 0):
             raise ValueError(f"label {text!r} is class {index}, beyond the head's classes")
@@ -67,21 +67,35 @@ def parse_label(raw, spec: LabelSpec, names: list[str] | None):
     if spec.real_valued:
         try:
             value = float(text)
-        except (TypeError, ValueError):
-            raise ValueError(f"label {raw!r} is not a number") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"label {_short(raw)} is not a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"label {raw!r} is not finite")
+            raise ValueError(f"label {_short(raw)} is not finite")
         if spec.low is not None and not spec.low <= value <= spec.high:
             raise ValueError(f"label {value} is outside the head's range [{spec.low}, {spec.high}]")
         return value
     try:
         number = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"label {raw!r} is not a class number (set data.label_names for text labels)") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"label {_short(raw)} is not a class number (set data.label_names for text labels)") \
+            from None
     count = 2 if spec.kind == "binary" else spec.num_labels
     if not math.isfinite(number) or number != int(number) or not 0 <= number < count:
-        raise ValueError(f"label {raw!r} is not a class in 0..{count - 1}")
+        raise ValueError(f"label {_short(raw)} is not a class in 0..{count - 1}")
     return int(number)
+
+
+def _short(raw) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_empty(raw) -> bool:
@@ -123,7 +137,9 @@ def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: 
             continue
         for key in ("text", "text_pair"):
             if key in wanted and not isinstance(row[wanted[key]], str):
-                raise DataError(path, line, f"column {wanted[key]!r} holds {row[wanted[key]]!r}, not text")
+                raise DataError(path, line, f"column {wanted[key]!r} holds {_short(row[wanted[key]])}, not text")
+            if key in wanted and not _encodable(row[wanted[key]]):
+                raise DataError(path, line, f"column {wanted[key]!r} holds invalid Unicode (a lone surrogate)")
         ident = str(row[columns.id]).strip() if columns.id else str(len(rows.ids))
         if ident in seen:
             raise DataError(path, line, f"duplicate id {ident!r} (first on line {seen[ident]})",

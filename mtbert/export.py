@@ -84,7 +84,7 @@ def _write_hf(encoder, directory: Path) -> str:
 def export(run_dir: str | Path, out: str | Path, registry=None) -> Exported:
     """Write the encoder of the run at ``run_dir`` into ``out`` in Hugging Face format."""
     from .build import build_model
-    from .checkpoint import WEIGHTS, load_weights
+    from .checkpoint import WEIGHTS, find_checkpoint, load_weights
     from .encoder import MinBert
     from .plugins import default_registry
     from .rundir import RunDir
@@ -100,7 +100,7 @@ def export(run_dir: str | Path, out: str | Path, registry=None) -> Exported:
         factory = registry.get("adapters", adapter.name).factory
         if not getattr(factory, "mergeable", False):
             raise MtbertError(refusal(adapter.name))
-    if not (run.checkpoint / WEIGHTS).is_file():
+    if find_checkpoint(run.path) != run.checkpoint:
         raise CheckpointError(f"{run.path} has no checkpoint yet ({run.checkpoint / WEIGHTS}): "
                               "the run has not saved a model (let it reach an evaluation)")
     model = build_model(spec, registry, restore=run.checkpoint / "encoder")

@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from .build import build_model, label_spec, make, pair_encoding
-from .checkpoint import load_weights
+from .checkpoint import find_checkpoint, load_weights
 from .data import load_split
 from .errors import MtbertError
 from .evaluate import predict, write_predictions
@@ -34,6 +34,8 @@ class Predictor:
             raise MtbertError(f"{run.path} is not an mtbert run directory (no spec.toml)")
         registry = registry or default_registry()
         spec = load_spec(run.spec, registry, env={}, check_files=False)
+        if find_checkpoint(run.path) != run.checkpoint:
+            raise MtbertError(f"{run.path} has no checkpoint yet: the run has not saved a model")
         model = build_model(spec, registry, restore=run.checkpoint / "encoder")
         load_weights(model, run.checkpoint)
         return cls(spec, model.to(device), registry, torch.device(device))

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import CheckpointError
+from .paths import expand, is_dir
 
 EMBEDDED = {"minilm-l6", "all-minilm-l6-v2"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -31,7 +32,7 @@ def embedded_path() -> Path:
 
 
 def looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or "\\" in name or Path(name).expanduser().exists()
+    return name.startswith((".", "/", "~")) or "\\" in name or is_dir(name)
 
 
 def resolve(name: str) -> Path:
@@ -39,8 +40,8 @@ def resolve(name: str) -> Path:
     if name.lower() in EMBEDDED:
         return embedded_path()
     if looks_local(name):
-        path = Path(name).expanduser()
-        if not path.is_dir():
+        path = expand(name)
+        if not is_dir(path):
             raise CheckpointError(f"checkpoint directory {name} does not exist "
                                   "(give a directory with config.json and model.safetensors, "
                                   "a hub id, or 'minilm-l6')")
@@ -71,7 +72,10 @@ def _from_hub(repo_id: str) -> Path:
 def read_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not the config object it should")
+        return config
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found: a checkpoint directory needs config.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -22,6 +22,7 @@ import attrs
 import tomli_w
 
 from .errors import SpecError
+from .paths import expand, is_dir, is_file
 from .registry import Registry, singular
 from .structure import Structurer, at_least, closest, describe, greater_than, join, non_empty
 
@@ -173,7 +174,7 @@ class SpecStructurer(Structurer):
         obj = super().structure_attrs(cls, value, path)
         if obj is not None and cls is TaskData and self.data_dir is not None:
             for split, file in obj.files().items():
-                if not (self.data_dir / file).is_file():
+                if not is_file(self.data_dir / file):
                     self.problem(f"{path}.{split}", f"file {self.data_dir / file} not found")
         if obj is not None and cls is TaskSpec:
             self.problems += _check_task(path.split(".", 1)[1], obj, self.registry)
@@ -232,6 +233,8 @@ def read_toml(path: Path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError([("", f"not valid TOML: {exc}")], str(path)) from None
+    except RecursionError:
+        raise SpecError([("", "not valid TOML: nested too deeply")], str(path)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -246,6 +249,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise SpecError([("--set", f"the value of {key.strip()} is nested too deeply")]) from None
     return parts, value
 
 
@@ -255,7 +260,7 @@ def apply_override(data: dict, parts: list[str], value: Any) -> None:
     for i, part in enumerate(parts):
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise SpecError([(where, f"no item {part} in a list of {len(node)}")])
             key: Any = int(part)
         elif isinstance(node, dict):
@@ -280,11 +285,15 @@ def structure_spec(data: dict, registry: Registry, source: str | None = None, ch
     """Data -> Spec, or SpecError with every problem. ``check_files=False`` skips the
     data directory and file checks (reloading a finished run elsewhere)."""
     raw = data.get("data")
-    raw_dir = raw.get("dir", DataSpec.dir) if isinstance(raw, dict) else DataSpec.dir
-    data_dir = Path(raw_dir).expanduser() if isinstance(raw_dir, str) and check_files else None
-    found = data_dir is not None and data_dir.is_dir()
+    default_dir = attrs.fields(DataSpec).dir.default
+    raw_dir = raw.get("dir", default_dir) if isinstance(raw, dict) else default_dir
+    data_dir = expand(raw_dir) if isinstance(raw_dir, str) and check_files else None
+    found = data_dir is not None and is_dir(data_dir)
     structurer = SpecStructurer(registry, data_dir if found else None)
-    spec = structurer.structure_attrs(Spec, data, "")
+    try:
+        spec = structurer.structure_attrs(Spec, data, "")
+    except RecursionError:
+        raise SpecError([("", "the spec is nested too deeply to read")], source) from None
     if data_dir is not None and not found:
         structurer.problem("data.dir", f"directory {data_dir} not found (set data.dir, or MTBERT_DATA)")
     if structurer.problems:
@@ -315,7 +324,7 @@ def _check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     if spec.init_from is not None:
         from .checkpoint import find_checkpoint
 
-        if find_checkpoint(Path(spec.init_from).expanduser()) is None:
+        if find_checkpoint(expand(spec.init_from)) is None:
             problems.append(("init_from", f"{spec.init_from} holds no checkpoint (give a run directory "
                              "or its checkpoint/ directory)"))
     if spec.phases:

@@ -56,7 +56,10 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_state(directory: Path, tree: dict) -> None:
     """Write ``tree`` atomically into ``directory``."""
+    from .checkpoint import recover
+
     directory = Path(directory)
+    recover(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -73,7 +76,10 @@ def save_state(directory: Path, tree: dict) -> None:
 
 
 def load_state(directory: Path) -> dict:
+    from .checkpoint import recover
+
     directory = Path(directory)
+    recover(directory)
     if not (directory / TREE).is_file():
         raise CheckpointError(f"no training state in {directory}: the run saved none before it stopped "
                               "(states are written every train.save_every steps and at each epoch's end)")

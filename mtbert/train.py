@@ -34,6 +34,7 @@ from .data import TaskStream
 from .errors import MtbertError, TrainingError
 from .evaluate import overall, predict, score, to_device, write_predictions
 from .interfaces import SamplerContext
+from .paths import expand
 from .phases import Phase, resolve_phases, set_trainable
 from .registry import Registry
 from .rundir import RunDir
@@ -84,7 +85,7 @@ class Trainer:
 
         self.model = build_model(spec, registry)
         if spec.init_from is not None:  # e.g. heads trained by an earlier run (report 001's transfer)
-            load_weights(self.model, find_checkpoint(Path(spec.init_from).expanduser()))
+            load_weights(self.model, find_checkpoint(expand(spec.init_from)))
             log.info("weights from %s", spec.init_from)
         tokenizer = self.model.encoder.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -38,6 +38,8 @@ class JsonlReader(Reader):
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(path, number, f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+                except RecursionError:
+                    raise DataError(path, number, "JSON nested too deeply to read") from None
                 if not isinstance(row, dict):
                     raise DataError(path, number, f"expected a JSON object, got {type(row).__name__}")
                 yield number, row

@@ -49,11 +49,15 @@ class TabularReader(Reader):
         offset = 0
         for number, raw in enumerate(fp, start=1):
             try:
-                yield raw.decode(self.encoding)
+                line = raw.decode(self.encoding)
             except UnicodeDecodeError as exc:
                 raise DataError(path, number, f"not valid {self.encoding} text ({exc.reason} at byte "
                                 f"{offset + exc.start} of the file)", "re-save the file as UTF-8") from None
+            if "\0" in line:
+                raise DataError(path, number, "contains a NUL byte: binary data, or text in another encoding "
+                                "(UTF-16?)", "re-save the file as UTF-8 text")
             offset += len(raw)
+            yield line
 
     def _rows(self, path, lines):
         reader = csv.reader(lines, delimiter=self.delimiter, strict=True)
@@ -79,8 +83,12 @@ class TabularReader(Reader):
                 yield start, dict(zip(header, row))
                 start = reader.line_num + 1
         except csv.Error as exc:
+            problem, fix = str(exc), "check the quoting on this line"
+            if "new-line character seen in unquoted field" in problem:
+                problem = "a bare carriage return (\\r) inside a field"
+                fix = "save the file with \\n or \\r\\n line ends, or quote the field"
             raise DataError(path, start, f"malformed {'tab' if self.delimiter == chr(9) else repr(self.delimiter)}"
-                            f"-separated row: {exc}", "check the quoting on this line") from None
+                            f"-separated row: {problem}", fix) from None
 
 
 def _field_hint(delimiter: str) -> str:
