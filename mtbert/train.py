@@ -149,8 +149,9 @@ class Trainer:
         self.dist.barrier()
         return self.best
 
-    def _run_phase(self, phase: Phase, state: dict | None = None) -> None:
-        cfg = self.spec.train
+    def _prepare_phase(self, phase: Phase) -> tuple[int, int, int]:
+        """Freeze, build the phase's sampler, optimizer, schedule and gradient method;
+        returns (epochs, optimizer steps, trainable parameter count)."""
         self.phase = phase
         trainable = set_trainable(self.model, phase)
         self.sampler, epochs, total = self._plan_budget(phase)
@@ -167,6 +168,11 @@ class Trainer:
         self._reset_meter()
         self.bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
         self.bad_in_a_row, self.most_bad_in_a_row = self.bad_steps.clone(), self.bad_steps.clone()
+        return epochs, total, trainable
+
+    def _run_phase(self, phase: Phase, state: dict | None = None) -> None:
+        cfg = self.spec.train
+        epochs, total, trainable = self._prepare_phase(phase)
         start, first_epoch, skip = self.step, 1, 0
         if state is not None:
             start, first_epoch, skip = state["phase_start"], state["epoch"], state["index"]

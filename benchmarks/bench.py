@@ -1,0 +1,472 @@
+"""Speed and memory of mtbert against its peers, as ratios measured in one script.
+
+    python benchmarks/bench.py [--steps 40] [--device cpu|cuda] [--encoder minilm-l6|bert-base-random]
+                               [--out benchmarks/out/bench.json] [--only NAME ...]
+
+Every measurement runs in its own subprocess (so peak memory is its own) on
+the same checkpoint, data (the three course tasks), batch size and maximum
+length; the table at the end gives each as a ratio to its peer:
+
+- train/<task>: training examples per second over ``--steps`` optimizer
+  steps after ``--warmup`` steps, single task, batch 32: mtbert's loop vs the
+  Hugging Face ``Trainer`` (``AutoModelForSequenceClassification``, dynamic
+  padding) vs a plain PyTorch loop over ``transformers.BertModel`` with a
+  linear head, random batches and ``torch.optim.AdamW``.
+- eval/<task>: prediction examples per second over the dev set (Quora: its
+  first 4,000 pairs), batch 128: mtbert's ``predict`` vs ``Trainer.evaluate``
+  vs the plain loop.
+- step/<method>: seconds per optimizer step of an all-tasks step (one batch
+  of each of the three tasks) with the summed loss, PCGrad, GradVac, and
+  SMART (adversarial term, one ascent step; and with its Bregman teacher).
+- memory: the peak resident set (CPU) or peak CUDA memory of each run.
+
+Results are printed and written as JSON; docs/benchmarks.md holds them with
+the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MTBERT_DATA") or ROOT.parent / "shared" / "data" / "cs224n")
+TASKS = {  # task -> (train file, dev file, text columns, label column, mtbert head, loss, HF num_labels)
+    "sst": ("ids-sst-train.csv", "ids-sst-dev.csv", ("sentence",), "sentiment",
+            {"name": "classifier", "num_labels": 5, "pooling": "pooler"}, "cross_entropy", 5),
+    "para": ("quora-train.csv", "quora-dev.csv", ("sentence1", "sentence2"), "is_duplicate",
+             {"name": "binary", "pooling": "pooler"}, "bce", 2),
+    "sts": ("sts-train.csv", "sts-dev.csv", ("sentence1", "sentence2"), "similarity",
+            {"name": "regression", "pooling": "pooler"}, "mse", 1),
+}
+DEV_LIMIT = 4000
+BERT_BASE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072}
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def encoder_table(args) -> dict:
+    if args.encoder == "bert-base-random":  # BERT-base's shape, random weights (MiniLM's tokenizer)
+        return {"name": "minbert", "pretrained": "minilm-l6", "init": "random", **BERT_BASE}
+    return {"name": "minbert", "pretrained": args.encoder}
+
+
+def mtbert_spec(args, tasks: list[str], **changes):
+    from mtbert.plugins import default_registry
+    from mtbert.spec import structure_spec
+
+    data = {
+        "name": "bench", "seed": 11, "encoder": encoder_table(args),
+        "data": {"dir": str(DATA), "max_length": 128},
+        "train": {"steps": args.warmup + args.steps, "batch_size": 32, "eval_batch_size": 128, "lr": 5e-5,
+                  "device": args.device, "log_every": 10**6, "save_every": 0},
+        "optimizer": {"name": "adamw", "weight_decay": 0.01},
+        "scheduler": {"name": "linear", "warmup_ratio": 0.1},
+        "tasks": {t: {"data": task_files(t), "head": TASKS[t][4], "loss": TASKS[t][5], "metrics": [metric(t)]}
+                  for t in tasks},
+    }
+    for key, value in changes.items():
+        data[key] = value
+    return structure_spec(data, default_registry())
+
+
+def task_files(task: str) -> dict:
+    train, dev, texts, label, *_ = TASKS[task]
+    files = {"train": train, "dev": dev, "text": texts[0], "label": label}
+    if len(texts) > 1:
+        files["text_pair"] = texts[1]
+    return files
+
+
+def metric(task: str) -> str:
+    return "pearson" if task == "sts" else "accuracy"
+
+
+def read_rows(task: str, split: str, limit: int | None = None):
+    """(texts per column, labels) the way every peer reads them: csv, empty labels skipped."""
+    import csv
+
+    train, dev, texts, label, *_ = TASKS[task]
+    columns, labels = [[] for _ in texts], []
+    with open(DATA / (train if split == "train" else dev), newline="", encoding="utf-8") as fp:
+        for row in csv.DictReader(fp, delimiter="\t"):
+            if not row[label].strip():
+                continue
+            for column, out in zip(texts, columns):
+                out.append(row[column].strip())
+            labels.append(float(row[label]) if task == "sts" else int(float(row[label])))
+            if limit and len(labels) >= limit:
+                break
+    return columns, labels
+
+
+# -- one measurement per subprocess ---------------------------------------------------------------
+
+def mtbert_train(args, task: str) -> dict:
+    from mtbert.plugins import default_registry
+    from mtbert.train import Trainer
+
+    trainer = Trainer(mtbert_spec(args, [task]), default_registry(), progress=False)
+    return time_loop(args, trainer, lambda: [task])
+
+
+def time_loop(args, trainer, step_tasks) -> dict:
+    """Time ``args.steps`` optimizer steps of mtbert's own loop, after ``args.warmup``."""
+    trainer._prepare_phase(trainer.phases[0])
+    trainer.model.train()
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sync(args.device)
+            start, examples = time.perf_counter(), trainer.examples
+        trainer._train_step(step_tasks())
+        trainer._update()
+    sync(args.device)
+    elapsed = time.perf_counter() - start
+    return {"examples_per_s": (trainer.examples - examples) / elapsed, "s_per_step": elapsed / args.steps}
+
+
+def mtbert_eval(args, task: str) -> dict:
+    import attrs
+
+    from mtbert.build import build_model, build_tasks
+    from mtbert.evaluate import predict
+    from mtbert.plugins import default_registry
+
+    registry = default_registry()
+    spec = mtbert_spec(args, [task])
+    if task == "para":
+        data = attrs.evolve(spec.tasks[task].data, limit=DEV_LIMIT + 2)  # the same rows the peers read
+        spec = attrs.evolve(spec, tasks={task: attrs.evolve(spec.tasks[task], data=data)})
+    model = build_model(spec, registry).to(args.device)
+    dev = build_tasks(spec, registry, model.encoder.tokenizer, splits=("dev",))[task].splits["dev"]
+    autocast = autocast_for(args)
+    predict(model, task, dev, 128, torch_device(args), 0, autocast)  # warm-up
+    sync(args.device)
+    start = time.perf_counter()
+    predict(model, task, dev, 128, torch_device(args), 0, autocast)
+    sync(args.device)
+    return {"examples_per_s": len(dev) / (time.perf_counter() - start), "examples": len(dev)}
+
+
+def autocast_for(args):
+    from mtbert.train import autocast_for as choose
+
+    return choose(torch_device(args), "auto")
+
+
+def torch_device(args):
+    import torch
+
+    return torch.device(args.device)
+
+
+def hf_model_dir(args):
+    from mtbert import pretrained
+
+    if args.encoder == "bert-base-random":
+        return None
+    return str(pretrained.resolve(args.encoder))
+
+
+def hf_model(args, task: str):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    num_labels = TASKS[task][6]
+    problem = "regression" if num_labels == 1 else "single_label_classification"
+    if args.encoder == "bert-base-random":
+        from mtbert import pretrained
+
+        config = AutoConfig.from_pretrained(str(pretrained.embedded_path()), num_labels=num_labels,
+                                            problem_type=problem, hidden_size=768, num_hidden_layers=12,
+                                            num_attention_heads=12, intermediate_size=3072)
+        return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_pretrained(hf_model_dir(args), num_labels=num_labels,
+                                                              problem_type=problem)
+
+
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    from mtbert import pretrained
+
+    return AutoTokenizer.from_pretrained(str(pretrained.embedded_path()))
+
+
+def hf_dataset(task: str, split: str, tokenizer, limit=None):
+    texts, labels = read_rows(task, split, limit)
+    encoded = tokenizer(*texts, truncation=True, max_length=128)
+    return [{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]} for i in range(len(labels))]
+
+
+def hf_trainer(args, task: str, train=True):
+    import tempfile
+
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    tokenizer = hf_tokenizer()
+    tmp = tempfile.mkdtemp(prefix="bench-hf-")
+    targs = TrainingArguments(
+        output_dir=tmp, max_steps=args.warmup + args.steps, per_device_train_batch_size=32,
+        per_device_eval_batch_size=128, learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.1,
+        save_strategy="no", eval_strategy="no", logging_steps=10**6, report_to="none", disable_tqdm=True,
+        use_cpu=args.device == "cpu", bf16=args.device == "cuda", dataloader_num_workers=0, seed=11)
+    train_set = hf_dataset(task, "train", tokenizer) if train else []
+    dev_set = hf_dataset(task, "dev", tokenizer, DEV_LIMIT if task == "para" else None)
+    return Trainer(model=hf_model(args, task), args=targs, train_dataset=train_set or None, eval_dataset=dev_set,
+                   processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer)), dev_set
+
+
+def hf_train(args, task: str) -> dict:
+    from transformers import TrainerCallback
+
+    marks = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kwargs):
+            if state.global_step in (args.warmup, args.warmup + args.steps):
+                sync(args.device)
+                marks[state.global_step] = time.perf_counter()
+
+    trainer, _ = hf_trainer(args, task)
+    trainer.add_callback(Clock())
+    trainer.train()
+    elapsed = marks[args.warmup + args.steps] - marks[args.warmup]
+    return {"examples_per_s": args.steps * 32 / elapsed, "s_per_step": elapsed / args.steps}
+
+
+def hf_eval(args, task: str) -> dict:
+    trainer, dev = hf_trainer(args, task, train=False)
+    trainer.evaluate()  # warm-up
+    sync(args.device)
+    start = time.perf_counter()
+    trainer.evaluate()
+    sync(args.device)
+    return {"examples_per_s": len(dev) / (time.perf_counter() - start), "examples": len(dev)}
+
+
+def plain_batches(task: str, split: str, batch_size: int, shuffle: bool, limit=None):
+    import random
+
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    tokenizer = hf_tokenizer()
+    dataset = hf_dataset(task, split, tokenizer, limit)
+    collate = DataCollatorWithPadding(tokenizer)
+    order = list(range(len(dataset)))
+    if shuffle:
+        random.Random(11).shuffle(order)
+    while True:
+        for start in range(0, len(order), batch_size):
+            yield collate([dataset[i] for i in order[start:start + batch_size]])
+        if not shuffle:
+            return
+
+
+class PlainModel:
+    """transformers.BertModel + dropout + a linear head on the pooled output: the loop people write."""
+
+    def __init__(self, args, task: str):
+        import torch
+        from transformers import AutoConfig, BertModel
+
+        if args.encoder == "bert-base-random":
+            from mtbert import pretrained
+
+            config = AutoConfig.from_pretrained(str(pretrained.embedded_path()), hidden_size=768,
+                                                num_hidden_layers=12, num_attention_heads=12,
+                                                intermediate_size=3072)
+            self.bert = BertModel(config)
+        else:
+            self.bert = BertModel.from_pretrained(hf_model_dir(args))
+        outputs = TASKS[task][6]
+        self.head = torch.nn.Linear(self.bert.config.hidden_size, outputs)
+        self.modules = torch.nn.ModuleList([self.bert, self.head]).to(args.device)
+        self.task = task
+
+    def loss(self, batch):
+        import torch.nn.functional as F
+
+        out = self.head(F.dropout(self.bert(**{k: v for k, v in batch.items() if k != "labels"}).pooler_output,
+                                  0.1, self.modules.training))
+        labels = batch["labels"]
+        if self.task == "sts":
+            return F.mse_loss(out.squeeze(-1), labels.float())
+        return F.cross_entropy(out, labels)
+
+
+def plain_train(args, task: str) -> dict:
+    import torch
+
+    model = PlainModel(args, task)
+    optimizer = torch.optim.AdamW(model.modules.parameters(), lr=5e-5, weight_decay=0.01)
+    batches = plain_batches(task, "train", 32, shuffle=True)
+    model.modules.train()
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sync(args.device)
+            start = time.perf_counter()
+        batch = {k: v.to(args.device) for k, v in next(batches).items()}
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+            loss = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.modules.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    sync(args.device)
+    elapsed = time.perf_counter() - start
+    return {"examples_per_s": args.steps * 32 / elapsed, "s_per_step": elapsed / args.steps}
+
+
+def plain_eval(args, task: str) -> dict:
+    import torch
+
+    model = PlainModel(args, task)
+    model.modules.eval()
+
+    def run():
+        count = 0
+        with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+            for batch in plain_batches(task, "dev", 128, shuffle=False, limit=DEV_LIMIT if task == "para" else None):
+                batch = {k: v.to(args.device) for k, v in batch.items() if k != "labels"}
+                model.head(model.bert(**batch).pooler_output).argmax(-1)
+                count += len(batch["input_ids"])
+        return count
+
+    run()
+    sync(args.device)
+    start = time.perf_counter()
+    count = run()
+    sync(args.device)
+    return {"examples_per_s": count / (time.perf_counter() - start), "examples": count}
+
+
+def mtbert_step(args, method: str) -> dict:
+    from mtbert.plugins import default_registry
+    from mtbert.train import Trainer
+
+    changes = {"sampler": "all_tasks"}
+    if method in ("pcgrad", "gradvac"):
+        changes["gradient"] = method
+    if method == "smart":
+        changes["regularizers"] = [{"name": "smart", "bregman": False}]
+    if method == "smart_bregman":
+        changes["regularizers"] = [{"name": "smart"}]
+    trainer = Trainer(mtbert_spec(args, list(TASKS), **changes), default_registry(), progress=False)
+    return time_loop(args, trainer, lambda: list(TASKS))
+
+
+RUNS = {
+    **{f"train/{t}/mtbert": (mtbert_train, t) for t in TASKS},
+    **{f"train/{t}/hf_trainer": (hf_train, t) for t in TASKS},
+    **{f"train/{t}/plain_torch": (plain_train, t) for t in TASKS},
+    **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
+    **{f"eval/{t}/hf_trainer": (hf_eval, t) for t in TASKS},
+    **{f"eval/{t}/plain_torch": (plain_eval, t) for t in TASKS},
+    **{f"step/{m}": (mtbert_step, m) for m in ("sum", "pcgrad", "gradvac", "smart", "smart_bregman")},
+}
+
+
+def run_one(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(11)
+    function, argument = RUNS[args.one]
+    result = function(args, argument)
+    result["peak_memory_mb"] = peak_memory_mb(args.device)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+def ratios(results: dict) -> list[tuple[str, str, float]]:
+    rows = []
+    for kind in ("train", "eval"):
+        for task in TASKS:
+            ours = results.get(f"{kind}/{task}/mtbert")
+            for peer in ("hf_trainer", "plain_torch"):
+                theirs = results.get(f"{kind}/{task}/{peer}")
+                if ours and theirs:
+                    rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",
+                                 ours["examples_per_s"] / theirs["examples_per_s"]))
+    base = results.get("step/sum")
+    for method in ("pcgrad", "gradvac", "smart", "smart_bregman"):
+        if base and results.get(f"step/{method}"):
+            rows.append((f"step/{method}", "s per step / summed-loss step",
+                         results[f"step/{method}"]["s_per_step"] / base["s_per_step"]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--encoder", default="minilm-l6", help="minilm-l6, a BERT directory, or bert-base-random")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="run only these measurements (prefix match)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bench.json"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return run_one(args)
+
+    names = [n for n in RUNS if not args.only or any(n.startswith(p) for p in args.only)]
+    results = {}
+    for name in names:
+        command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
+                   str(args.warmup), "--device", args.device, "--encoder", args.encoder]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name}: FAILED\n{done.stderr[-2000:]}", flush=True)
+            continue
+        results[name] = json.loads(line[len("RESULT "):])
+        print(f"{name:28s} {json.dumps(results[name])}  ({time.perf_counter() - started:.0f}s)", flush=True)
+
+    table = ratios(results)
+    print("\n| measurement | ratio | value |\n|---|---|---|")
+    for what, how, value in table:
+        print(f"| {what} | {how} | {value:.2f} |")
+    import torch
+
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
+               "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "one"}, "machine": machine,
+                               "results": results, "ratios": [list(r) for r in table]}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
