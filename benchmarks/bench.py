@@ -11,7 +11,9 @@ length; the table at the end gives each as a ratio to its peer:
   steps after ``--warmup`` steps, single task, batch 32: mtbert's loop vs the
   Hugging Face ``Trainer`` (``AutoModelForSequenceClassification``, dynamic
   padding) vs a plain PyTorch loop over ``transformers.BertModel`` with a
-  linear head, random batches and ``torch.optim.AdamW``.
+  linear head, random batches and ``torch.optim.AdamW``; and mtbert with
+  ``train.compile = true`` (torch.compile; its compilation happens in the
+  warm-up steps).
 - eval/<task>: prediction examples per second over the dev set (Quora: its
   first 4,000 pairs), batch 128: mtbert's ``predict`` vs ``Trainer.evaluate``
   vs the plain loop.
@@ -124,12 +126,21 @@ def read_rows(task: str, split: str, limit: int | None = None):
 
 # -- one measurement per subprocess ---------------------------------------------------------------
 
-def mtbert_train(args, task: str) -> dict:
+def mtbert_train(args, task: str, compile: bool = False) -> dict:
     from mtbert.plugins import default_registry
     from mtbert.train import Trainer
 
-    trainer = Trainer(mtbert_spec(args, [task]), default_registry(), progress=False)
+    spec = mtbert_spec(args, [task])
+    if compile:
+        import attrs
+
+        spec = attrs.evolve(spec, train=attrs.evolve(spec.train, compile=True))
+    trainer = Trainer(spec, default_registry(), progress=False)
     return time_loop(args, trainer, lambda: [task])
+
+
+def mtbert_train_compiled(args, task: str) -> dict:
+    return mtbert_train(args, task, compile=True)
 
 
 def time_loop(args, trainer, step_tasks) -> dict:
@@ -380,6 +391,7 @@ def mtbert_step(args, method: str) -> dict:
 
 RUNS = {
     **{f"train/{t}/mtbert": (mtbert_train, t) for t in TASKS},
+    **{f"train/{t}/mtbert_compiled": (mtbert_train_compiled, t) for t in TASKS},
     **{f"train/{t}/hf_trainer": (hf_train, t) for t in TASKS},
     **{f"train/{t}/plain_torch": (plain_train, t) for t in TASKS},
     **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
@@ -408,7 +420,7 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
     for kind in ("train", "eval"):
         for task in TASKS:
             ours = results.get(f"{kind}/{task}/mtbert")
-            for peer in ("hf_trainer", "plain_torch"):
+            for peer in ("hf_trainer", "plain_torch", "mtbert_compiled"):
                 theirs = results.get(f"{kind}/{task}/{peer}")
                 if ours and theirs:
                     rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",

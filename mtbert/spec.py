@@ -116,6 +116,7 @@ class TrainSpec:
     last_layers: int = attrs.field(default=1, validator=at_least(1))  # with trainable = "last_layers"
     save_every: int = attrs.field(default=500, validator=at_least(0))  # steps between resumable states (0: epochs only)
     max_bad_steps: int = attrs.field(default=10, validator=at_least(0))  # non-finite steps in a row before stopping
+    compile: bool = False  # torch.compile the encoder's forward (dynamic shapes)
 
     def check(self):
         if self.epochs is not None and self.steps is not None:

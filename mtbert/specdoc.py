@@ -82,6 +82,7 @@ CORE = {
         "last_layers": "How many top encoder layers `trainable = \"last_layers\"` trains.",
         "save_every": "Write a resumable training state every N steps (and at each epoch's start; 0: epochs only).",
         "max_bad_steps": "Stop after this many steps in a row with a non-finite loss or gradient (0: never).",
+        "compile": "`torch.compile` the encoder's forward pass (dynamic shapes); see docs/benchmarks.md for when it pays.",
     }),
     PhaseSpec: ("`[[phases]]`", {
         "name": "The phase's name in logs and metrics.",

@@ -91,6 +91,8 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.tasks = build_tasks(spec, registry, tokenizer)  # reads and checks all data before training
         self.model.to(self.device)
+        if cfg.compile:  # the forward only: module names (and checkpoints) stay as they are
+            self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)
         if self.dist.world > 1:  # same weights on every rank, but each rank its own dropout masks
             torch.manual_seed(spec.seed + 1_000_003 * self.dist.rank)
 
