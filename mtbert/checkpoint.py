@@ -10,8 +10,6 @@ leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -19,40 +17,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import recover, write_directory
 from .errors import CheckpointError
 from .paths import is_file
 
 WEIGHTS = "model.safetensors"
 
 
-def recover(directory: Path) -> None:
-    """Finish an interrupted swap: a crash between the two renames of a save leaves
-    only ``<dir>.old``, which is the previous, whole copy."""
-    directory = Path(directory)
-    old = directory.with_name(directory.name + ".old")
-    try:
-        if not directory.exists() and old.is_dir():
-            os.replace(old, directory)
-    except OSError:  # an impossible path (e.g. a name too long) holds no checkpoint to recover
-        pass
-
-
 def save_checkpoint(model, directory: Path, meta: dict) -> None:
-    directory = Path(directory)
-    recover(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "mtbert": __version__})
-    model.encoder.save_architecture(tmp / "encoder")
-    (tmp / "meta.json").write_text(json.dumps({"mtbert": __version__, **meta}, indent=2))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    def fill(tmp: Path) -> None:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "mtbert": __version__})
+        model.encoder.save_architecture(tmp / "encoder")
+        (tmp / "meta.json").write_text(json.dumps({"mtbert": __version__, **meta}, indent=2))
+
+    write_directory(directory, fill)
 
 
 def find_checkpoint(path: str | Path) -> Path | None:

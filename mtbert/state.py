@@ -12,8 +12,6 @@ place: a crash mid-write leaves the previous state whole.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import recover, write_directory
 from .errors import CheckpointError
 
 TENSORS, TREE = "tensors.safetensors", "state.json"
@@ -56,28 +55,16 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_state(directory: Path, tree: dict) -> None:
     """Write ``tree`` atomically into ``directory``."""
-    from .checkpoint import recover
+    def fill(tmp: Path) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = flatten(tree, tensors)
+        save_file(tensors, str(tmp / TENSORS))
+        (tmp / TREE).write_text(json.dumps(skeleton))
 
-    directory = Path(directory)
-    recover(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = flatten(tree, tensors)
-    save_file(tensors, str(tmp / TENSORS))
-    (tmp / TREE).write_text(json.dumps(skeleton))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    write_directory(directory, fill)
 
 
 def load_state(directory: Path) -> dict:
-    from .checkpoint import recover
-
     directory = Path(directory)
     recover(directory)
     if not (directory / TREE).is_file():

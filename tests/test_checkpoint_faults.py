@@ -27,6 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import mtbert.atomic as atomic
 import mtbert.checkpoint as checkpoint
 from mtbert.build import build_model
 from mtbert.checkpoint import WEIGHTS, find_checkpoint, load_weights, save_checkpoint
@@ -127,7 +128,7 @@ def crash_between_renames(monkeypatch, model):
             raise RuntimeError("killed")  # as if the process died here
         return real(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     return RuntimeError
 
 
