@@ -67,6 +67,9 @@ def experiments():
     yield "hf_roberta", "Any Hugging Face encoder through transformers.AutoModel: RoBERTa-base (have it cached or be online)", \
         lambda s: (s.update(encoder={"name": "hf", "pretrained": "roberta-base"}),
                    [t["head"].update(pooling="mean") for t in s["tasks"].values()])
+    yield "best_multitask", "Our best three-task spec so far: proportional sampling (each task's expected examples equal its single-task budget), mean pooling (how MiniLM was trained)", \
+        lambda s: (s.update(sampler="proportional"),
+                   [t["head"].update(pooling="mean") for t in s["tasks"].values()])
     yield "pals_smart", "Report 001's best: PALs + annealed sampling + cross-encoding + head transfer + SMART", \
         lambda s: s.update(sampler="annealed", adapters=[{"name": "pals"}], regularizers=[{"name": "smart"}],
                            phases=[{"name": "heads", "trainable": "heads", "lr": 1e-3, "epochs": 1},
