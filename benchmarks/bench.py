@@ -20,6 +20,8 @@ length; the table at the end gives each as a ratio to its peer:
 - step/<method>: seconds per optimizer step of an all-tasks step (one batch
   of each of the three tasks) with the summed loss, PCGrad, GradVac, and
   SMART (adversarial term, one ascent step; and with its Bregman teacher).
+- mfu/sst/batch<B>: model FLOPs utilisation of mtbert's training step (GPU
+  bf16 peak from NVIDIA's datasheet), at batch 32 and 256.
 - memory: the peak resident set (CPU) or peak CUDA memory of each run.
 
 Results are printed and written as JSON; docs/benchmarks.md holds them with
@@ -389,6 +391,49 @@ def mtbert_step(args, method: str) -> dict:
     return time_loop(args, trainer, lambda: list(TASKS))
 
 
+# bf16 dense peak of the GPU, for model FLOPs utilisation (NVIDIA's datasheets, SXM parts).
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def mtbert_mfu(args, batch_size: int) -> dict:
+    """Model FLOPs utilisation of mtbert's training step on SST at ``batch_size``.
+
+    FLOPs per step = 6 * N * tokens + 12 * layers * hidden * sum(seq_len^2) (Kaplan et al. 2020's
+    6N per token for the weight matmuls, plus attention's QK^T and AV), over the padded tokens
+    the encoder actually processed; N counts the weights of every Linear layer (embedding
+    lookups are not matmuls).
+    """
+    import attrs
+    import torch
+
+    from mtbert.plugins import default_registry
+    from mtbert.train import Trainer
+
+    spec = mtbert_spec(args, ["sst"])
+    spec = attrs.evolve(spec, train=attrs.evolve(spec.train, batch_size=batch_size))
+    trainer = Trainer(spec, default_registry(), progress=False)
+    encoder = trainer.model.encoder
+    shapes = []
+    original = encoder.forward
+
+    def counting(input_ids, *rest, **kw):
+        shapes.append(tuple(input_ids.shape))
+        return original(input_ids, *rest, **kw)
+
+    encoder.forward = counting
+    result = time_loop(args, trainer, lambda: ["sst"])
+    shapes = shapes[-args.steps:]  # the timed steps (one encoder call per step)
+    n = sum(m.weight.numel() for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    config = encoder.config
+    flops = sum(6 * n * b * t + 12 * config.num_layers * config.hidden_size * b * t * t for b, t in shapes)
+    seconds = result["s_per_step"] * args.steps
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else ""
+    peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+    result.update(batch_size=batch_size, linear_params=n, tokens_per_step=sum(b * t for b, t in shapes) / len(shapes),
+                  model_tflops_per_s=flops / seconds / 1e12, mfu=flops / seconds / peak if peak else None)
+    return result
+
+
 RUNS = {
     **{f"train/{t}/mtbert": (mtbert_train, t) for t in TASKS},
     **{f"train/{t}/mtbert_compiled": (mtbert_train_compiled, t) for t in TASKS},
@@ -398,6 +443,7 @@ RUNS = {
     **{f"eval/{t}/hf_trainer": (hf_eval, t) for t in TASKS},
     **{f"eval/{t}/plain_torch": (plain_eval, t) for t in TASKS},
     **{f"step/{m}": (mtbert_step, m) for m in ("sum", "pcgrad", "gradvac", "smart", "smart_bregman")},
+    **{f"mfu/sst/batch{b}": (mtbert_mfu, b) for b in (32, 256)},
 }
 
 
@@ -433,6 +479,18 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
     return rows
 
 
+def write_json(args, results: dict) -> None:
+    import torch
+
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
+               "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "one"}, "machine": machine,
+                               "results": results, "ratios": [list(r) for r in ratios(results)]}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -447,7 +505,8 @@ def main() -> None:
     if args.one:
         return run_one(args)
 
-    names = [n for n in RUNS if not args.only or any(n.startswith(p) for p in args.only)]
+    # In --only's order (so the most wanted come first when time is short), each once.
+    names = list(dict.fromkeys(n for p in args.only for n in RUNS if n.startswith(p))) if args.only else list(RUNS)
     results = {}
     for name in names:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
@@ -463,21 +522,14 @@ def main() -> None:
             continue
         results[name] = json.loads(line[len("RESULT "):])
         print(f"{name:28s} {json.dumps(results[name])}  ({time.perf_counter() - started:.0f}s)", flush=True)
+        write_json(args, results)  # after each measurement, so a cut-off run keeps what it measured
 
     table = ratios(results)
     print("\n| measurement | ratio | value |\n|---|---|---|")
     for what, how, value in table:
         print(f"| {what} | {how} | {value:.2f} |")
-    import torch
-
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
-               "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "one"}, "machine": machine,
-                               "results": results, "ratios": [list(r) for r in table]}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_json(args, results)
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ def choose_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def count(n: int) -> str:
+    """A parameter count people can read: 22.7M, 7.7k, 96."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
 def autocast_for(device: torch.device, precision: str):
     """bf16 autocast on CUDA (precision auto or bf16); fp32 everywhere else."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
@@ -179,9 +184,9 @@ class Trainer:
         if state is not None:
             start, first_epoch, skip = state["phase_start"], state["epoch"], state["index"]
             self._restore(state)
-        log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%.1fM params)%s",
+        log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%s params)%s",
                  phase.name if len(self.phases) > 1 else self.spec.name, self.device, epochs, total,
-                 ", ".join(phase.tasks), phase.sampler.name, phase.trainable, trainable / 1e6,
+                 ", ".join(phase.tasks), phase.sampler.name, phase.trainable, count(trainable),
                  f"; resuming at step {self.step}" if state else "")
         for epoch in range(first_epoch, epochs + 1):
             self.epoch = epoch

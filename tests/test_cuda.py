@@ -1,0 +1,119 @@
+"""The CUDA path: bf16 autocast, fused AdamW, gradient surgery, SMART and reload on CPU.
+
+Skipped where no GPU is visible (CI has none); run on a GPU machine with
+``python -m pytest tests/test_cuda.py``. Each test compares the GPU against
+the CPU fp32 reference or checks a property that a broken path would break.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtbert.rundir import RunDir
+from mtbert.spec import structure_spec, unstructure
+from mtbert.train import Trainer
+
+from test_train import read_metrics, toy_data, toy_spec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def cuda_spec(registry, directory, **changes):
+    """The toy two-task spec on CUDA; ``changes`` are top-level spec keys (train keys go in ``train``)."""
+    data = unstructure(toy_spec(registry, directory, **changes.pop("train", {})))
+    data["train"]["device"] = "cuda"
+    data.update(changes)
+    return structure_spec(data, registry)
+
+
+def fit(registry, spec, path):
+    trainer = Trainer(spec, registry, progress=False)
+    best = trainer.fit(RunDir.create(spec, str(path)))
+    return trainer, best
+
+
+def test_bf16_autocast_is_the_default_on_cuda_and_the_model_learns(registry, tmp_path):
+    spec = cuda_spec(registry, toy_data(tmp_path / "data"), train={"epochs": 4})
+    trainer, best = fit(registry, spec, tmp_path / "run")
+    assert trainer.device.type == "cuda" and trainer.autocast.keywords["dtype"] == torch.bfloat16
+    # Master weights stay fp32 under autocast: only activations go bf16.
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert best["tasks"]["sent"]["accuracy"] > 0.9
+    assert best["tasks"]["count"]["pearson"] > 0.8
+
+
+def test_cuda_fp32_steps_match_the_cpu(registry, tmp_path):
+    """fp32 on both devices, dropout off, SGD (linear in the gradient, so float noise stays small):
+    six steps give the same weights. (Adam would amplify noise in near-zero gradients.)"""
+    directory = toy_data(tmp_path / "data", n=64)
+    weights = {}
+    for device in ("cpu", "cuda"):
+        data = unstructure(toy_spec(registry, directory, steps=6, length_buckets=False, precision="fp32"))
+        data["train"]["device"] = device
+        data["optimizer"] = "sgd"
+        data["encoder"].update(dropout=0.0, attention_dropout=0.0)
+        trainer, _ = fit(registry, structure_spec(data, registry), tmp_path / device)
+        weights[device] = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    for key, value in weights["cpu"].items():
+        assert torch.allclose(value, weights["cuda"][key], atol=1e-5), key
+
+
+def test_adamw_is_fused_on_cuda(registry, tmp_path):
+    spec = cuda_spec(registry, toy_data(tmp_path / "data", n=32), train={"steps": 1})
+    trainer, _ = fit(registry, spec, tmp_path / "run")
+    assert trainer.optimizer.defaults["fused"] is True
+    assert all(p.is_cuda for group in trainer.optimizer.param_groups for p in group["params"])
+
+
+@pytest.mark.parametrize("gradient", ["pcgrad", "gradvac"])
+def test_gradient_surgery_under_bf16_trains(registry, tmp_path, gradient):
+    spec = cuda_spec(registry, toy_data(tmp_path / "data"), sampler="all_tasks", gradient=gradient,
+                     train={"epochs": 4})
+    trainer, best = fit(registry, spec, tmp_path / "run")
+    assert best["tasks"]["sent"]["accuracy"] > 0.85
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_smart_under_bf16_trains_and_logs_both_terms(registry, tmp_path):
+    spec = cuda_spec(registry, toy_data(tmp_path / "data"), regularizers=[{"name": "smart"}],
+                     train={"epochs": 3, "log_every": 2})
+    trainer, best = fit(registry, spec, tmp_path / "run")
+    assert best["tasks"]["sent"]["accuracy"] > 0.85
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    adversarial = [t for t in tags if t.startswith("regularizer/") and "adv" in t]
+    assert adversarial and all(e.value >= 0 for t in adversarial for e in events.Scalars(t))
+
+
+def test_a_cuda_checkpoint_reloads_on_cpu_with_the_same_predictions(registry, tmp_path):
+    import mtbert
+
+    spec = cuda_spec(registry, toy_data(tmp_path / "data"), train={"epochs": 2})
+    fit(registry, spec, tmp_path / "run")
+    sentences = ["good movie very", "bad plot it was", "the a film good"]
+    on_cpu = mtbert.load(tmp_path / "run", device="cpu").predict("sent", sentences)
+    on_gpu = mtbert.load(tmp_path / "run", device="cuda").predict("sent", sentences)
+    assert on_cpu == on_gpu
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best == max(read_metrics(tmp_path / "run"), key=lambda r: r["overall"])
+
+
+def test_encoder_on_cuda_matches_cpu(tiny_encoder):
+    encoder = tiny_encoder.eval()
+    batch = encoder.tokenizer(["a good movie", "the plot of the film was bad"], padding=True,
+                              return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        cpu = encoder(ids, mask).states
+        encoder.to("cuda")
+        try:
+            gpu = encoder(ids.cuda(), mask.cuda()).states.cpu()
+        finally:
+            encoder.to("cpu")
+    assert torch.allclose(cpu, gpu, atol=1e-4)
