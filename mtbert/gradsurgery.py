@@ -184,6 +184,18 @@ class PerTaskGradients(GradientMethod):
         per_chunk = self.members @ weights  # [C, T]: each chunk takes its block's weights
         return torch.einsum("ct,tcx->cx", per_chunk, G.view(G.shape[0], self.num_chunks, CHUNK)).reshape(-1)
 
+    @staticmethod
+    def identity(gram: Tensor) -> Tensor:
+        """[B, T, T] coefficients of the unchanged gradients (g_i' = g_i), a subclass's starting point."""
+        blocks, count, _ = gram.shape
+        return torch.eye(count, device=gram.device).expand(blocks, count, count).clone()
+
+    @staticmethod
+    def fired_fraction(fired: Tensor, gram: Tensor) -> Tensor:
+        """The number of (i, j, block) checks that fired, as a fraction of all of them."""
+        blocks, count, _ = gram.shape
+        return fired / max(1, count * (count - 1) * blocks)
+
     def partners(self, count: int) -> list[list[int]]:
         """Random orders of the others: ``partners(T)[k][i]`` is task i's k-th partner (row indices)."""
         orders = []

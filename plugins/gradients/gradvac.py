@@ -56,15 +56,15 @@ class GradVac(PerTaskGradients):
         self.target.copy_(state["target"])
 
     def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        blocks, count, _ = gram.shape
-        beta = self.options.beta
-        coef = torch.eye(count, device=gram.device).expand(blocks, count, count).clone()  # g_i' = g_i
+        count, beta = gram.shape[1], self.options.beta
+        coef = self.identity(gram)  # g_i' = g_i
         norm = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # [B, T] |g_j|
-        tasks = self.index(list(range(count)))
+        tasks = torch.arange(count, device=gram.device)
+        first = self.index(present)  # each row's task, as a position in self.tasks (for the targets)
         fired = gram.new_zeros(())
         for partner in self.partners(count):  # round k: every i against its own k-th partner j
             j = self.index(partner)
-            first, second = self.index([present[i] for i in range(count)]), self.index([present[p] for p in partner])
+            second = self.index([present[p] for p in partner])
             target = self.target[first, second].T  # [B, T]: phi_hat of each (i, j) pair
             dot = (coef * gram[:, j, :]).sum(-1)  # g_i' . g_j
             norm_i = torch.einsum("bik,bkl,bil->bi", coef, gram, coef).clamp_min(0).sqrt()  # |g_i'|
@@ -77,7 +77,7 @@ class GradVac(PerTaskGradients):
             coef[:, tasks, j] += torch.where(fire, step, 0.0)
             self.target[first, second] = ((1 - beta) * target + beta * phi).T
             fired += fire.sum()
-        return coef, fired / max(1, count * (count - 1) * blocks)
+        return coef, self.fired_fraction(fired, gram)
 
 
 @hookimpl

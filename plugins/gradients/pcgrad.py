@@ -35,10 +35,10 @@ class PCGrad(PerTaskGradients):
     """Project each task's gradient off the others' where they conflict."""
 
     def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        blocks, count, _ = gram.shape
-        coef = torch.eye(count, device=gram.device).expand(blocks, count, count).clone()  # g_i' = g_i
+        count = gram.shape[1]
+        coef = self.identity(gram)  # g_i' = g_i
         squared = gram.diagonal(dim1=1, dim2=2)  # [B, T] |g_j|^2
-        tasks = self.index(list(range(count)))
+        tasks = torch.arange(count, device=gram.device)
         fired = gram.new_zeros(())
         for partner in self.partners(count):  # round k: every i against its own k-th partner j
             j = self.index(partner)
@@ -47,7 +47,7 @@ class PCGrad(PerTaskGradients):
             step = torch.where(conflict, dot / squared[:, j].clamp_min(EPS), 0.0)
             coef[:, tasks, j] -= step  # g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j
             fired += conflict.sum()
-        return coef, fired / max(1, count * (count - 1) * blocks)
+        return coef, self.fired_fraction(fired, gram)
 
 
 @hookimpl
