@@ -348,13 +348,18 @@ class Trainer:
         self.meter_started = time.perf_counter()
 
     def _log(self) -> str:
-        """Write the interval's scalars (the one device read-back per interval)."""
+        """Write the interval's scalars: every value kept on the device is read back at once, here."""
         elapsed = max(time.perf_counter() - self.meter_started, 1e-9)
         means = torch.stack([s / self.loss_count[t] for t, s in self.loss_sum.items()] +
                             [torch.tensor(float(self.examples), device=self.device)])
         self.dist.average([means])  # every rank's share of the batches: the global means
-        losses = dict(zip(self.loss_sum, means[:-1].tolist()))
-        self.examples = means[-1].item() * self.dist.world
+        others = {"train/skipped_nonfinite_steps": self.bad_steps,
+                  **{f"gradient/{k}": v for k, v in self.grad_stats.items()},
+                  **{f"regularizer/{k}": v for r in self.regularizers for k, v in r.stats().items()}}
+        values = torch.cat([means] + [torch.as_tensor(v, device=self.device).float().reshape(1)
+                                      for v in others.values()]).tolist()
+        losses = dict(zip(self.loss_sum, values))
+        self.examples = values[len(losses)] * self.dist.world
         steps = sum(self.loss_count.values())
         for task, value in losses.items():
             self.writer.add_scalar(f"train/loss/{task}", value, self.step)
@@ -363,12 +368,8 @@ class Trainer:
             self.writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], self.step)
         throughput = self.examples / elapsed
         self.writer.add_scalar("throughput/examples_per_s", throughput, self.step)
-        self.writer.add_scalar("train/skipped_nonfinite_steps", int(self.bad_steps), self.step)
-        for key, value in self.grad_stats.items():
-            self.writer.add_scalar(f"gradient/{key}", float(value), self.step)
-        for regularizer in self.regularizers:
-            for key, value in regularizer.stats().items():
-                self.writer.add_scalar(f"regularizer/{key}", float(value), self.step)
+        for tag, value in zip(others, values[len(losses) + 1:]):
+            self.writer.add_scalar(tag, value, self.step)
         self._reset_meter()
         return "loss " + " ".join(f"{t}={v:.3f}" for t, v in losses.items()) + f", {throughput:.0f} ex/s"
 
