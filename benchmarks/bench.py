@@ -33,12 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MTBERT_DATA") or ROOT.parent / "shared" / "data" / "cs224n")
@@ -282,7 +283,6 @@ def hf_eval(args, task: str) -> dict:
 def plain_batches(task: str, split: str, batch_size: int, shuffle: bool, limit=None):
     import random
 
-    import torch
     from transformers import DataCollatorWithPadding
 
     tokenizer = hf_tokenizer()
@@ -479,16 +479,10 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
     return rows
 
 
-def write_json(args, results: dict) -> None:
-    import torch
-
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
-               "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "one"}, "machine": machine,
-                               "results": results, "ratios": [list(r) for r in ratios(results)]}, indent=2) + "\n")
+def save(args, results: dict) -> None:
+    write_json(args.out, {"args": {k: v for k, v in vars(args).items() if k != "one"},
+                          "machine": {**machine(args.threads), "device": args.device},
+                          "results": results, "ratios": [list(r) for r in ratios(results)]})
 
 
 def main() -> None:
@@ -522,13 +516,13 @@ def main() -> None:
             continue
         results[name] = json.loads(line[len("RESULT "):])
         print(f"{name:28s} {json.dumps(results[name])}  ({time.perf_counter() - started:.0f}s)", flush=True)
-        write_json(args, results)  # after each measurement, so a cut-off run keeps what it measured
+        save(args, results)  # after each measurement, so a cut-off run keeps what it measured
 
     table = ratios(results)
     print("\n| measurement | ratio | value |\n|---|---|---|")
     for what, how, value in table:
         print(f"| {what} | {how} | {value:.2f} |")
-    write_json(args, results)
+    save(args, results)
     print(f"\nwrote {args.out}")
 
 

@@ -20,9 +20,7 @@ is written as JSON to --out (default benchmarks/out/peer-<task>.json).
 """
 import argparse
 import csv
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,8 @@ import torch
 import transformers
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           Trainer, TrainingArguments, set_seed)
+
+from common import machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # task -> (train file, dev file, text columns, label column, num_labels, label parser, metric name)
@@ -149,13 +149,9 @@ def main():
         "train_samples_per_second_excl_eval": len(train_ds) * args.epochs / (wall - eval_time),
         "global_steps": trainer.state.global_step,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": machine(),
     }
-    out = Path(args.out or ROOT / "benchmarks" / "out" / f"peer-{args.task}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out or ROOT / "benchmarks" / "out" / f"peer-{args.task}.json", result)
     print(f"[peer] {args.task}: best dev {metric}={result['best_dev']:.4f} final={result['final_dev']:.4f} "
           f"train {wall:.0f}s ({result['train_samples_per_second']:.1f} ex/s) eval {eval_time:.0f}s -> {out}")
 

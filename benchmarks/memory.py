@@ -15,12 +15,12 @@ benchmarks/out/memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MTBERT_DATA") or ROOT.parent / "shared" / "data" / "cs224n")
@@ -35,8 +35,6 @@ def rss_mb() -> float:
 
 def main() -> None:
     import tomllib
-
-    import torch
 
     from mtbert.plugins import default_registry
     from mtbert.rundir import RunDir
@@ -76,10 +74,8 @@ def main() -> None:
     result = {"steps": args.steps, "encoder": args.encoder, "rss_mb_after_10pct": first, "rss_mb_end": last,
               "growth_pct": round(100 * (last - first) / first, 2), "samples": samples,
               "seconds": round(time.perf_counter() - started, 1),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+              "machine": machine()}
+    out = write_json(args.out, result)
     print(f"resident memory: {first} MB after {args.steps // 10} steps, {last} MB after {args.steps} "
           f"({result['growth_pct']:+.2f}%) -> {out}")
 

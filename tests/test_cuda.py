@@ -86,7 +86,6 @@ def test_smart_under_bf16_trains_and_logs_both_terms(registry, tmp_path):
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
-    tags = events.Tags()["scalars"]
     for term in ("adversarial", "bregman"):
         logged = [e.value for e in events.Scalars(f"regularizer/smart/{term}")]
         assert logged and all(v >= 0 for v in logged), term

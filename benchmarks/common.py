@@ -1,0 +1,25 @@
+"""What every benchmark script records: the machine it ran on, and its JSON result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def machine(threads: int | None = None) -> dict:
+    """The platform, CPU count, torch build and thread count, and the GPU if one is visible."""
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON, making the folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
