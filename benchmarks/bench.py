@@ -110,20 +110,12 @@ def metric(task: str) -> str:
 
 
 def read_rows(task: str, split: str, limit: int | None = None):
-    """(texts per column, labels) the way every peer reads them: csv, empty labels skipped."""
-    import csv
+    """(texts per column, labels) the way every peer reads them: the HF peer script's reader."""
+    import hf_peer
 
-    train, dev, texts, label, *_ = TASKS[task]
-    columns, labels = [[] for _ in texts], []
-    with open(DATA / (train if split == "train" else dev), newline="", encoding="utf-8") as fp:
-        for row in csv.DictReader(fp, delimiter="\t"):
-            if not row[label].strip():
-                continue
-            for column, out in zip(texts, columns):
-                out.append(row[column].strip())
-            labels.append(float(row[label]) if task == "sts" else int(float(row[label])))
-            if limit and len(labels) >= limit:
-                break
+    train, dev, texts, label, *_ = hf_peer.TASKS[task]
+    parse = hf_peer.TASKS[task][5]
+    columns, labels, _ = hf_peer.load_split(DATA / (train if split == "train" else dev), texts, label, parse, limit)
     return columns, labels
 
 
