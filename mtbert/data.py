@@ -193,18 +193,14 @@ def collate(split: Split, indices: list[int], pad_id: int) -> dict[str, Tensor]:
     """Pad the examples at ``indices`` to the longest among them (dynamic padding)."""
     batch: dict[str, Tensor] = {}
     for part, suffix in zip(split.parts, PART_SUFFIX):
-        seqs = [part.input_ids[i] for i in indices]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        types = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            n = len(part.input_ids[i])
-            ids[row, :n] = torch.tensor(part.input_ids[i])
-            types[row, :n] = torch.tensor(part.token_type_ids[i])
-            mask[row, :n] = 1
-        batch["input_ids" + suffix], batch["token_type_ids" + suffix] = ids, types
-        batch["attention_mask" + suffix] = mask
+        lengths = [len(part.input_ids[i]) for i in indices]
+        width = max(lengths)
+        # padded as Python lists, then one tensor per field (not one per row: this runs every step)
+        batch["input_ids" + suffix] = torch.tensor(
+            [part.input_ids[i] + [pad_id] * (width - n) for i, n in zip(indices, lengths)], dtype=torch.long)
+        batch["token_type_ids" + suffix] = torch.tensor(
+            [part.token_type_ids[i] + [0] * (width - n) for i, n in zip(indices, lengths)], dtype=torch.long)
+        batch["attention_mask" + suffix] = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
     if split.labels is not None:
         batch["labels"] = split.labels[indices]
     batch["index"] = torch.tensor(indices)
