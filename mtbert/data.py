@@ -163,6 +163,13 @@ def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: i
     return Tokens(encoded["input_ids"], encoded["token_type_ids"])
 
 
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, pair_encoding: str) -> list[Tokens]:
+    """A split's token parts: one ([CLS] a [SEP] b [SEP] for a cross-encoded pair), or two for a bi-encoded pair."""
+    if pairs is not None and pair_encoding == "bi":
+        return [tokenize(tokenizer, texts, None, max_length), tokenize(tokenizer, pairs, None, max_length)]
+    return [tokenize(tokenizer, texts, pairs, max_length)]
+
+
 def load_split(task: str, split: str, path: Path, reader, columns, label_spec: LabelSpec,
                tokenizer, max_length: int, pair_encoding: str, labeled: bool) -> Split:
     if not Path(path).is_file():
@@ -173,10 +180,7 @@ def load_split(task: str, split: str, path: Path, reader, columns, label_spec: L
                                                     else " (the file has a header but no rows)"))
     if rows.skipped:
         log.info("%s %s: skipped %d row(s) with an empty label in %s", task, split, rows.skipped, path)
-    if rows.pairs is not None and pair_encoding == "bi":
-        parts = [tokenize(tokenizer, rows.texts, None, max_length), tokenize(tokenizer, rows.pairs, None, max_length)]
-    else:
-        parts = [tokenize(tokenizer, rows.texts, rows.pairs, max_length)]
+    parts = encode(tokenizer, rows.texts, rows.pairs, max_length, pair_encoding)
     labels = None
     if rows.labels is not None:
         dtype = torch.float32 if label_spec.real_valued else torch.long

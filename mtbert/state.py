@@ -28,9 +28,8 @@ TENSORS, TREE = "tensors.safetensors", "state.json"
 def flatten(tree: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
     """Nested dicts/lists of tensors and JSON values -> a JSON skeleton; tensors go to ``tensors``."""
     if isinstance(tree, torch.Tensor):
-        key = f"{prefix}"
-        tensors[key] = tree.detach().to("cpu").contiguous()
-        return {"__tensor__": key}
+        tensors[prefix] = tree.detach().to("cpu").contiguous()
+        return {"__tensor__": prefix}
     if isinstance(tree, dict):
         return {"__dict__": [[flatten(k, tensors, f"{prefix}.k{i}"), flatten(v, tensors, f"{prefix}.{i}")]
                              for i, (k, v) in enumerate(tree.items())]}
