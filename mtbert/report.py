@@ -123,11 +123,9 @@ def confusion_matrix(true, predicted, num_classes: int) -> np.ndarray:
 def pearson(x, y) -> float:
     """Pearson correlation; nan when either side is constant or there are fewer than 2 points."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size < 2:
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
         return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    return float((dx * dy).sum()) / denominator if denominator > 0 else math.nan
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 # -- pictures -------------------------------------------------------------------------------
