@@ -19,7 +19,7 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_component, structure_spec
 from mtbert.train import Trainer
 from mtbert_plugins.regularizers.smart import (Smart, adversarial_noise, ascend, binary_symmetric_kl, divergence,
-                                               initial_noise, squared_error, symmetric_kl)
+                                               initial_noise, random_rows, squared_error, symmetric_kl)
 
 from conftest import TINY_ENCODER
 
@@ -312,6 +312,65 @@ def test_tasks_option_gives_other_tasks_an_exact_zero(registry, encoder):
     assert reg.penalty(model, "x", batch, model("x", batch)).item() > 0
 
 
+def count_rows(model) -> list[int]:
+    """The batch size of every forward call of the model, in order."""
+    sizes = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[1]["input_ids"])))
+    return sizes
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "regression"])
+def test_fraction_is_the_full_method_on_a_random_subset(registry, encoder, kind):
+    model = build(registry, encoder, {"t": HEADS[kind]})
+    batch = batch_for(model.encoder.tokenizer, kind)
+    output = model("t", batch)
+    sizes = count_rows(model)
+    options = {"bregman": False, "sigma": 1e-2, "epsilon": 1e-2}
+
+    torch.manual_seed(7)
+    half = smart(registry, fraction=0.5, **options)
+    half.penalty(model, "t", batch, output)
+    assert sizes == [2, 2]  # the ascent and the final forward see ceil(0.5 * 4) rows
+
+    torch.manual_seed(7)  # the same draws by hand: the rows first, then the noise
+    rows = torch.randperm(4)[:2]
+    chosen = {k: v[rows] for k, v in batch.items()}
+    full = smart(registry, **options)
+    full.penalty(model, "t", chosen, output[rows])
+    r_half, r_full = half.stats()["smart/adversarial"], full.stats()["smart/adversarial"]
+    assert r_half.item() > 0 and torch.equal(r_half, r_full)
+
+
+def test_random_rows_cuts_every_batch_tensor_alike():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "labels": torch.arange(5.0),
+             "input_ids_b": torch.arange(15).view(5, 3), "scalar": torch.tensor(1.0)}
+    output = torch.arange(5.0).mul(10).requires_grad_()
+    torch.manual_seed(0)
+    chosen, target = random_rows(batch, output, 0.5)
+    assert len(target) == 3 and len(set(target.tolist())) == 3  # ceil(2.5) distinct rows
+    rows = (target / 10).long()
+    assert torch.equal(chosen["input_ids"], batch["input_ids"][rows])
+    assert torch.equal(chosen["input_ids_b"], batch["input_ids_b"][rows])
+    assert torch.equal(chosen["labels"], rows.float()) and chosen["scalar"] is batch["scalar"]
+    target.sum().backward()  # the clean output keeps its graph for the chosen rows
+    assert output.grad.tolist() == [1.0 if i in rows.tolist() else 0.0 for i in range(5)]
+    assert len(random_rows(batch, output, 0.01)[1]) == 1  # never empty
+
+
+def test_fraction_one_draws_no_rows(registry, encoder):
+    model = build(registry, encoder, {"t": HEADS["multiclass"]})
+    batch = batch_for(model.encoder.tokenizer)
+    output = model("t", batch)
+    results = []
+    for fraction in (None, 1.0):
+        torch.manual_seed(3)
+        reg = smart(registry, bregman=False, sigma=1e-2, epsilon=1e-2, **({} if fraction is None else
+                                                                            {"fraction": fraction}))
+        reg.penalty(model, "t", batch, output)
+        results.append(reg.stats()["smart/adversarial"])
+    assert torch.equal(results[0], results[1])  # the default is 1.0, the paper's method, unchanged
+
+
 def test_unknown_task_in_tasks_is_a_spec_error(registry, tmp_path):
     from mtbert.spec import structure_spec, unstructure
     from test_train import toy_data, toy_spec
@@ -331,6 +390,8 @@ def test_unknown_task_in_tasks_is_a_spec_error(registry, tmp_path):
     ({"ascent_steps": -1}, "ascent_steps"),
     ({"tasks": []}, "tasks"),
     ({"lambda": 1.0}, "unknown key"),
+    ({"fraction": 0.0}, "fraction must be above 0"),
+    ({"fraction": 1.5}, "fraction"),
 ])
 def test_bad_options_are_spec_errors(registry, options, where):
     with pytest.raises(SpecError, match=where):

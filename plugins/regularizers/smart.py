@@ -50,6 +50,16 @@ and MT-DNN's public SMART implement only R_s; the Bregman term (a full model
 copy in memory plus one no-grad forward per batch) is part of the method and
 on by default here (``bregman = false`` turns it off).
 
+Cost, and ``fraction`` (ours, not the paper's): with K = 1 the adversarial
+term adds a perturbed forward, a backward to the noise only (no weight
+gradients) and a second perturbed forward with a full backward, about five
+forward-costs on top of a plain step's three, so a step costs about 2.7x a
+plain one (docs/benchmarks.md). ``fraction < 1`` computes R_s on
+ceil(fraction * B) random rows of each batch of B: R_s is a mean over
+examples, so this estimates the same quantity without bias, with more
+variance, for about ``fraction`` times the extra cost (0.5: 1.9x on our CPU).
+The default, 1.0, is the paper's method.
+
 Caveats: in train mode the perturbed and the teacher forwards draw their own
 dropout masks, so both terms also measure dropout noise (as in the paper's
 code). Under bf16 autocast (the loop's default on CUDA) a perturbation of
@@ -63,6 +73,7 @@ when the adversarial part must be more than a dropout-consistency term.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import attrs
@@ -87,8 +98,11 @@ class SmartOptions:
     ascent_steps: int = attrs.field(default=1, validator=at_least(0))  # K
     beta: float = attrs.field(default=0.99, validator=in_range(0.0, 1.0))  # teacher momentum
     tasks: list[str] | None = attrs.field(default=None, validator=non_empty)  # None: every task
+    fraction: float = attrs.field(default=1.0, validator=in_range(0.0, 1.0))  # share of each batch given R_s
 
     def check(self):
+        if self.fraction <= 0.0:
+            yield "fraction", f"fraction must be above 0 (it is {self.fraction}); 1.0 regularizes every example"
         if not self.adversarial and not self.bregman:
             yield "adversarial", "both SMART terms are off (adversarial = false, bregman = false); " \
                                  "turn one on or drop the regularizer"
@@ -187,6 +201,19 @@ def adversarial_noise(forward: Callable, embeds, target: Tensor, kind: str, nois
     return noise
 
 
+def random_rows(batch: dict[str, Tensor], output: Tensor, fraction: float) -> tuple[dict[str, Tensor], Tensor]:
+    """ceil(fraction * B) random rows of a batch and of the clean output, drawn without replacement.
+
+    Every tensor of the batch with B rows is cut the same way (ids, masks, labels, and the
+    second sequence's of a bi-encoded pair); the output keeps its graph, so R_s still sends
+    gradient through the clean forward for the chosen rows."""
+    size = output.shape[0]
+    rows = torch.randperm(size, device=output.device)[:max(1, math.ceil(fraction * size))]
+    chosen = {k: v.index_select(0, rows) if isinstance(v, Tensor) and v.dim() and v.shape[0] == size else v
+              for k, v in batch.items()}
+    return chosen, output.index_select(0, rows)
+
+
 # -- the regularizer -----------------------------------------------------------------
 
 class Smart:
@@ -223,14 +250,15 @@ class Smart:
         kind = model.heads[task].output_kind
         total = output.new_zeros((), dtype=torch.float32)
         if c.adversarial:
-            embeds = model.embed(batch)
+            rows, target = (batch, output) if c.fraction >= 1.0 else random_rows(batch, output, c.fraction)
+            embeds = model.embed(rows)
 
             def forward(inputs):
-                return model(task, batch, inputs_embeds=inputs)
+                return model(task, rows, inputs_embeds=inputs)
 
-            noise = adversarial_noise(forward, embeds, output, kind, initial_noise(embeds, c.sigma),
+            noise = adversarial_noise(forward, embeds, target, kind, initial_noise(embeds, c.sigma),
                                       c.step_size, c.epsilon, c.ascent_steps)
-            r_s = divergence(kind, forward(_each(lambda x, d: x + d, embeds, noise)), output)
+            r_s = divergence(kind, forward(_each(lambda x, d: x + d, embeds, noise)), target)
             total = total + c.lambda_s * r_s
             self.last["smart/adversarial"] = r_s.detach()
         if c.bregman:
