@@ -1,4 +1,5 @@
-"""The CUDA path: bf16 autocast, fused AdamW, gradient surgery, SMART and reload on CPU.
+"""The CUDA path: bf16 autocast, fused AdamW, gradient surgery, SMART, reload on CPU, and
+training steps that never wait for the GPU.
 
 Skipped where no GPU is visible (CI has none); run on a GPU machine with
 ``python -m pytest tests/test_cuda.py``. Each test compares the GPU against
@@ -117,3 +118,34 @@ def test_encoder_on_cuda_matches_cpu(tiny_encoder):
         finally:
             encoder.to("cpu")
     assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"sampler": "all_tasks", "gradient": "pcgrad"},
+    {"sampler": "all_tasks", "gradient": "gradvac"},
+    {"regularizers": [{"name": "smart"}]},
+    {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
+], ids=["sum", "pcgrad", "gradvac", "smart", "smart_half"])
+def test_training_steps_never_wait_for_the_gpu(registry, tmp_path, changes):
+    """No host-device synchronization in the hot loop: torch's sync debug mode turns any
+    (a .item(), a copy from pageable memory, a boolean mask index) into an error."""
+    spec = cuda_spec(registry, toy_data(tmp_path / "data"), **changes)
+    trainer = Trainer(spec, registry, progress=False)
+    trainer._prepare_phase(trainer.phases[0])
+    tasks = list(trainer.phases[0].tasks)
+    step_tasks = [tasks] if changes.get("sampler") == "all_tasks" else [[t] for t in tasks]
+
+    def steps():
+        for names in step_tasks * 2:
+            trainer._train_step(names)
+            trainer._update()
+
+    steps()  # warm-up: first allocations, optimizer state, SMART's teacher copy, pinned buffers
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.step == 2 * 2 * len(step_tasks)

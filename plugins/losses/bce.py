@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,7 +26,8 @@ class BinaryCrossEntropy(Loss):
         self.pos_weight = options.pos_weight
 
     def __call__(self, output: Tensor, labels: Tensor) -> Tensor:
-        pos_weight = None if self.pos_weight is None else output.new_tensor(self.pos_weight, dtype=float).float()
+        # torch.full fills on the device; new_tensor would copy a host value there, a wait on every step
+        pos_weight = None if self.pos_weight is None else torch.full((), self.pos_weight, device=output.device)
         return F.binary_cross_entropy_with_logits(output.float(), labels.float(), pos_weight=pos_weight)
 
 
