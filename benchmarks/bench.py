@@ -1,6 +1,7 @@
 """Speed and memory of mtbert against its peers, as ratios measured in one script.
 
-    python benchmarks/bench.py [--steps 40] [--device cpu|cuda] [--encoder minilm-l6|bert-base-random]
+    python benchmarks/bench.py [--steps 40] [--device cpu|cuda]
+                               [--encoder minilm-l6|bert-base-random|bert-base-thin]
                                [--out benchmarks/out/bench.json] [--only NAME ...]
 
 Every measurement runs in its own subprocess (so peak memory is its own) on
@@ -19,10 +20,15 @@ length; the table at the end gives each as a ratio to its peer:
   vs the plain loop.
 - step/<method>: seconds per optimizer step of an all-tasks step (one batch
   of each of the three tasks) with the summed loss, PCGrad, GradVac, and
-  SMART (adversarial term, one ascent step; and with its Bregman teacher).
+  SMART (adversarial term, one ascent step; with its Bregman teacher; and
+  the adversarial term on half of each batch, ``fraction = 0.5``).
 - mfu/sst/batch<B>: model FLOPs utilisation of mtbert's training step (GPU
   bf16 peak from NVIDIA's datasheet), at batch 32 and 256.
 - memory: the peak resident set (CPU) or peak CUDA memory of each run.
+
+``--encoder bert-base-random`` is bert-base's shape with random weights;
+``bert-base-thin`` keeps its depth and operators at 1/32 of its width, so
+that a step's time is the host's work (Python, dispatch, batching).
 
 Results are printed and written as JSON; docs/benchmarks.md holds them with
 the command and the machine.
@@ -53,6 +59,10 @@ TASKS = {  # task -> (train file, dev file, text columns, label column, mtbert h
 }
 DEV_LIMIT = 4000
 BERT_BASE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072}
+# bert-base's depth and operator count at 1/32 of its width: so little arithmetic that a step's time is
+# the host's (Python, dispatch), the regime that bound every implementation on the GPU we had.
+BERT_BASE_THIN = {**BERT_BASE, "hidden_size": 24, "intermediate_size": 96}
+RANDOM_SHAPES = {"bert-base-random": BERT_BASE, "bert-base-thin": BERT_BASE_THIN}
 
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -73,8 +83,8 @@ def sync(device: str) -> None:
 
 
 def encoder_table(args) -> dict:
-    if args.encoder == "bert-base-random":  # BERT-base's shape, random weights (MiniLM's tokenizer)
-        return {"name": "minbert", "pretrained": "minilm-l6", "init": "random", **BERT_BASE}
+    if args.encoder in RANDOM_SHAPES:  # that shape, random weights (MiniLM's tokenizer)
+        return {"name": "minbert", "pretrained": "minilm-l6", "init": "random", **RANDOM_SHAPES[args.encoder]}
     return {"name": "minbert", "pretrained": args.encoder}
 
 
@@ -191,23 +201,31 @@ def torch_device(args):
 def hf_model_dir(args):
     from mtbert import pretrained
 
-    if args.encoder == "bert-base-random":
+    if args.encoder in RANDOM_SHAPES:
         return None
     return str(pretrained.resolve(args.encoder))
 
 
+def random_config(args, **extra):
+    """The Hugging Face config of a random-weight shape (MiniLM's vocabulary and tokenizer)."""
+    from transformers import AutoConfig
+
+    from mtbert import pretrained
+
+    shape = RANDOM_SHAPES[args.encoder]
+    return AutoConfig.from_pretrained(str(pretrained.embedded_path()), hidden_size=shape["hidden_size"],
+                                      num_hidden_layers=shape["num_layers"], num_attention_heads=shape["num_heads"],
+                                      intermediate_size=shape["intermediate_size"], **extra)
+
+
 def hf_model(args, task: str):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     num_labels = TASKS[task][6]
     problem = "regression" if num_labels == 1 else "single_label_classification"
-    if args.encoder == "bert-base-random":
-        from mtbert import pretrained
-
-        config = AutoConfig.from_pretrained(str(pretrained.embedded_path()), num_labels=num_labels,
-                                            problem_type=problem, hidden_size=768, num_hidden_layers=12,
-                                            num_attention_heads=12, intermediate_size=3072)
-        return AutoModelForSequenceClassification.from_config(config)
+    if args.encoder in RANDOM_SHAPES:
+        return AutoModelForSequenceClassification.from_config(
+            random_config(args, num_labels=num_labels, problem_type=problem))
     return AutoModelForSequenceClassification.from_pretrained(hf_model_dir(args), num_labels=num_labels,
                                                               problem_type=problem)
 
@@ -295,15 +313,10 @@ class PlainModel:
 
     def __init__(self, args, task: str):
         import torch
-        from transformers import AutoConfig, BertModel
+        from transformers import BertModel
 
-        if args.encoder == "bert-base-random":
-            from mtbert import pretrained
-
-            config = AutoConfig.from_pretrained(str(pretrained.embedded_path()), hidden_size=768,
-                                                num_hidden_layers=12, num_attention_heads=12,
-                                                intermediate_size=3072)
-            self.bert = BertModel(config)
+        if args.encoder in RANDOM_SHAPES:
+            self.bert = BertModel(random_config(args))
         else:
             self.bert = BertModel.from_pretrained(hf_model_dir(args))
         outputs = TASKS[task][6]
@@ -322,17 +335,16 @@ class PlainModel:
         return F.cross_entropy(out, labels)
 
 
-def plain_train(args, task: str) -> dict:
+def plain_stepper(args, task: str, batch_size: int = 32):
+    """One optimizer step of the plain loop per call (batch, bf16 autocast on CUDA, clipping, AdamW)."""
     import torch
 
     model = PlainModel(args, task)
     optimizer = torch.optim.AdamW(model.modules.parameters(), lr=5e-5, weight_decay=0.01)
-    batches = plain_batches(task, "train", 32, shuffle=True)
+    batches = plain_batches(task, "train", batch_size, shuffle=True)
     model.modules.train()
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            sync(args.device)
-            start = time.perf_counter()
+
+    def step():
         batch = {k: v.to(args.device) for k, v in next(batches).items()}
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
             loss = model.loss(batch)
@@ -340,6 +352,16 @@ def plain_train(args, task: str) -> dict:
         torch.nn.utils.clip_grad_norm_(model.modules.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
+    return step
+
+
+def plain_train(args, task: str) -> dict:
+    step = plain_stepper(args, task)
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            sync(args.device)
+            start = time.perf_counter()
+        step()
     sync(args.device)
     elapsed = time.perf_counter() - start
     return {"examples_per_s": args.steps * 32 / elapsed, "s_per_step": elapsed / args.steps}
@@ -379,6 +401,8 @@ def mtbert_step(args, method: str) -> dict:
         changes["regularizers"] = [{"name": "smart", "bregman": False}]
     if method == "smart_bregman":
         changes["regularizers"] = [{"name": "smart"}]
+    if method == "smart_half":
+        changes["regularizers"] = [{"name": "smart", "bregman": False, "fraction": 0.5}]
     trainer = Trainer(mtbert_spec(args, list(TASKS), **changes), default_registry(), progress=False)
     return time_loop(args, trainer, lambda: list(TASKS))
 
@@ -434,7 +458,8 @@ RUNS = {
     **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
     **{f"eval/{t}/hf_trainer": (hf_eval, t) for t in TASKS},
     **{f"eval/{t}/plain_torch": (plain_eval, t) for t in TASKS},
-    **{f"step/{m}": (mtbert_step, m) for m in ("sum", "pcgrad", "gradvac", "smart", "smart_bregman")},
+    **{f"step/{m}": (mtbert_step, m)
+       for m in ("sum", "pcgrad", "gradvac", "smart", "smart_bregman", "smart_half")},
     **{f"mfu/sst/batch{b}": (mtbert_mfu, b) for b in (32, 256)},
 }
 
@@ -464,7 +489,7 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
                     rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",
                                  ours["examples_per_s"] / theirs["examples_per_s"]))
     base = results.get("step/sum")
-    for method in ("pcgrad", "gradvac", "smart", "smart_bregman"):
+    for method in ("pcgrad", "gradvac", "smart", "smart_bregman", "smart_half"):
         if base and results.get(f"step/{method}"):
             rows.append((f"step/{method}", "s per step / summed-loss step",
                          results[f"step/{method}"]["s_per_step"] / base["s_per_step"]))
@@ -482,7 +507,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--encoder", default="minilm-l6", help="minilm-l6, a BERT directory, or bert-base-random")
+    parser.add_argument("--encoder", default="minilm-l6",
+                        help="minilm-l6, a BERT directory, bert-base-random, or bert-base-thin")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="run only these measurements (prefix match)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bench.json"))
