@@ -14,7 +14,8 @@ length; the table at the end gives each as a ratio to its peer:
   padding) vs a plain PyTorch loop over ``transformers.BertModel`` with a
   linear head, random batches and ``torch.optim.AdamW``; and mtbert with
   ``train.compile = true`` (torch.compile; its compilation happens in the
-  warm-up steps).
+  warm-up steps); and mtbert with ``train.precision = "bf16"`` (autocast; on
+  the GPU that is the default already).
 - eval/<task>: prediction examples per second over the dev set (Quora: its
   first 4,000 pairs), batch 128: mtbert's ``predict`` vs ``Trainer.evaluate``
   vs the plain loop.
@@ -132,21 +133,25 @@ def read_rows(task: str, split: str, limit: int | None = None):
 
 # -- one measurement per subprocess ---------------------------------------------------------------
 
-def mtbert_train(args, task: str, compile: bool = False) -> dict:
+def mtbert_train(args, task: str, **train_changes) -> dict:
     from mtbert.plugins import default_registry
     from mtbert.train import Trainer
 
     spec = mtbert_spec(args, [task])
-    if compile:
+    if train_changes:
         import attrs
 
-        spec = attrs.evolve(spec, train=attrs.evolve(spec.train, compile=True))
+        spec = attrs.evolve(spec, train=attrs.evolve(spec.train, **train_changes))
     trainer = Trainer(spec, default_registry(), progress=False)
     return time_loop(args, trainer, lambda: [task])
 
 
 def mtbert_train_compiled(args, task: str) -> dict:
     return mtbert_train(args, task, compile=True)
+
+
+def mtbert_train_bf16(args, task: str) -> dict:
+    return mtbert_train(args, task, precision="bf16")
 
 
 def time_loop(args, trainer, step_tasks) -> dict:
@@ -485,6 +490,7 @@ def measure_mfu(args, trainer) -> dict:
 RUNS = {
     **{f"train/{t}/mtbert": (mtbert_train, t) for t in TASKS},
     **{f"train/{t}/mtbert_compiled": (mtbert_train_compiled, t) for t in TASKS},
+    **{f"train/{t}/mtbert_bf16": (mtbert_train_bf16, t) for t in TASKS},
     **{f"train/{t}/hf_trainer": (hf_train, t) for t in TASKS},
     **{f"train/{t}/plain_torch": (plain_train, t) for t in TASKS},
     **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
@@ -516,7 +522,7 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
     for kind in ("train", "eval"):
         for task in TASKS:
             ours = results.get(f"{kind}/{task}/mtbert")
-            for peer in ("hf_trainer", "plain_torch", "mtbert_compiled"):
+            for peer in ("hf_trainer", "plain_torch", "mtbert_compiled", "mtbert_bf16"):
                 theirs = results.get(f"{kind}/{task}/{peer}")
                 if ours and theirs:
                     rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",
@@ -556,6 +562,8 @@ def main() -> None:
         # Fixed shapes up to 128 x 512 are for a GPU: a CPU's training attention (dropout on)
         # materializes every [batch, heads, T, T] score matrix, tens of GB at these shapes.
         names = [n for n in names if not n.startswith("mfu/fixed/")]
+    if args.device == "cuda":  # bf16 is mtbert's default there: the same as train/<task>/mtbert
+        names = [n for n in names if not n.endswith("/mtbert_bf16")]
     results = {}
     for name in names:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
