@@ -357,18 +357,23 @@ def test_random_rows_cuts_every_batch_tensor_alike():
     assert len(random_rows(batch, output, 0.01)[1]) == 1  # never empty
 
 
-def test_fraction_one_draws_no_rows(registry, encoder):
+def test_fraction_one_is_the_papers_algorithm_step_by_step(registry, encoder):
+    """The default draws no rows: R_s is exactly noise -> one ascent step -> divergence on the whole batch."""
     model = build(registry, encoder, {"t": HEADS["multiclass"]})
     batch = batch_for(model.encoder.tokenizer)
     output = model("t", batch)
-    results = []
-    for fraction in (None, 1.0):
-        torch.manual_seed(3)
-        reg = smart(registry, bregman=False, sigma=1e-2, epsilon=1e-2, **({} if fraction is None else
-                                                                            {"fraction": fraction}))
-        reg.penalty(model, "t", batch, output)
-        results.append(reg.stats()["smart/adversarial"])
-    assert torch.equal(results[0], results[1])  # the default is 1.0, the paper's method, unchanged
+    torch.manual_seed(3)
+    reg = smart(registry, bregman=False, sigma=1e-2, epsilon=1e-2, fraction=1.0)
+    reg.penalty(model, "t", batch, output)
+
+    torch.manual_seed(3)
+    embeds = model.embed(batch)
+
+    def forward(inputs):
+        return model("t", batch, inputs_embeds=inputs)
+    noise = adversarial_noise(forward, embeds, output, "multiclass", initial_noise(embeds, 1e-2), 1e-3, 1e-2, 1)
+    by_hand = divergence("multiclass", forward(embeds + noise), output)
+    assert by_hand.item() > 0 and torch.equal(reg.stats()["smart/adversarial"], by_hand.detach())
 
 
 def test_unknown_task_in_tasks_is_a_spec_error(registry, tmp_path):
