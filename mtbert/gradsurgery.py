@@ -206,7 +206,10 @@ class PerTaskGradients(GradientMethod):
 
     def index(self, values: list[int]) -> Tensor:
         """A short list of indices as a tensor on the buffer's device (copied without a sync)."""
-        return torch.tensor(values, dtype=torch.long).to(self.buffer.device, non_blocking=True)
+        host = torch.tensor(values, dtype=torch.long)
+        if self.buffer.is_cuda:  # from pageable memory even a non-blocking copy may wait for the GPU
+            host = host.pin_memory()
+        return host.to(self.buffer.device, non_blocking=True)
 
     @staticmethod
     def cosines(gram: Tensor, names: list[str]) -> dict[str, Tensor]:
