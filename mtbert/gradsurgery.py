@@ -196,16 +196,18 @@ class PerTaskGradients(GradientMethod):
         blocks, count, _ = gram.shape
         return fired / max(1, count * (count - 1) * blocks)
 
-    def partners(self, count: int) -> list[list[int]]:
-        """Random orders of the others: ``partners(T)[k][i]`` is task i's k-th partner (row indices)."""
+    def partners(self, count: int) -> Tensor:
+        """Random orders of the others, [T - 1, T] on the buffer's device: row k holds each task's
+        k-th partner (row indices). Drawn on the host's generator (so a resumed run draws alike)
+        and moved in one copy per step."""
         orders = []
         for i in range(count):
             others = [j for j in range(count) if j != i]
             orders.append([others[k] for k in torch.randperm(count - 1, generator=self.generator).tolist()])
-        return [list(column) for column in zip(*orders)]
+        return self.index([list(column) for column in zip(*orders)])
 
-    def index(self, values: list[int]) -> Tensor:
-        """A short list of indices as a tensor on the buffer's device (copied without a sync)."""
+    def index(self, values: list) -> Tensor:
+        """Indices (a list, or a list of lists) as a tensor on the buffer's device, copied without a sync."""
         host = torch.tensor(values, dtype=torch.long)
         if self.buffer.is_cuda:  # from pageable memory even a non-blocking copy may wait for the GPU
             host = host.pin_memory()

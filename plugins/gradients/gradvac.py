@@ -62,9 +62,8 @@ class GradVac(PerTaskGradients):
         tasks = torch.arange(count, device=gram.device)
         first = self.index(present)  # each row's task, as a position in self.tasks (for the targets)
         fired = gram.new_zeros(())
-        for partner in self.partners(count):  # round k: every i against its own k-th partner j
-            j = self.index(partner)
-            second = self.index([present[p] for p in partner])
+        for j in self.partners(count):  # round k: every i against its own k-th partner j
+            second = first[j]
             target = self.target[first, second].T  # [B, T]: phi_hat of each (i, j) pair
             dot = (coef * gram[:, j, :]).sum(-1)  # g_i' . g_j
             norm_i = torch.einsum("bik,bkl,bil->bi", coef, gram, coef).clamp_min(0).sqrt()  # |g_i'|

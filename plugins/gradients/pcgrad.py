@@ -40,8 +40,7 @@ class PCGrad(PerTaskGradients):
         squared = gram.diagonal(dim1=1, dim2=2)  # [B, T] |g_j|^2
         tasks = torch.arange(count, device=gram.device)
         fired = gram.new_zeros(())
-        for partner in self.partners(count):  # round k: every i against its own k-th partner j
-            j = self.index(partner)
+        for j in self.partners(count):  # round k: every i against its own k-th partner j
             dot = (coef * gram[:, j, :]).sum(-1)  # [B, T]: g_i' . g_j = sum_k a_ik (g_k . g_j)
             conflict = dot < 0
             step = torch.where(conflict, dot / squared[:, j].clamp_min(EPS), 0.0)
