@@ -90,7 +90,8 @@ def encoder_table(args) -> dict:
     return {"name": "minbert", "pretrained": args.encoder}
 
 
-def mtbert_spec(args, tasks: list[str], **changes):
+def mtbert_spec(args, tasks: list[str], train: dict | None = None, **changes):
+    """The benchmark's spec for ``tasks``: ``train`` updates its [train] table, ``changes`` replace top-level keys."""
     from mtbert.plugins import default_registry
     from mtbert.spec import structure_spec
 
@@ -104,9 +105,27 @@ def mtbert_spec(args, tasks: list[str], **changes):
         "tasks": {t: {"data": task_files(t), "head": TASKS[t][4], "loss": TASKS[t][5], "metrics": [metric(t)]}
                   for t in tasks},
     }
-    for key, value in changes.items():
-        data[key] = value
+    data["train"].update(train or {})
+    data.update(changes)
     return structure_spec(data, default_registry())
+
+
+def mtbert_trainer(args, tasks: list[str], train: dict | None = None, **changes):
+    from mtbert.plugins import default_registry
+    from mtbert.train import Trainer
+
+    return Trainer(mtbert_spec(args, tasks, train, **changes), default_registry(), progress=False)
+
+
+def mtbert_stepper(trainer, tasks: list[str]):
+    """The trainer's first phase prepared; each call of the result is one optimizer step on ``tasks``."""
+    trainer._prepare_phase(trainer.phases[0])
+    trainer.model.train()
+
+    def step():
+        trainer._train_step(tasks)
+        trainer._update()
+    return step
 
 
 def task_files(task: str) -> dict:
@@ -134,16 +153,7 @@ def read_rows(task: str, split: str, limit: int | None = None):
 # -- one measurement per subprocess ---------------------------------------------------------------
 
 def mtbert_train(args, task: str, **train_changes) -> dict:
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
-
-    spec = mtbert_spec(args, [task])
-    if train_changes:
-        import attrs
-
-        spec = attrs.evolve(spec, train=attrs.evolve(spec.train, **train_changes))
-    trainer = Trainer(spec, default_registry(), progress=False)
-    return time_loop(args, trainer, lambda: [task])
+    return time_loop(args, mtbert_trainer(args, [task], train_changes), [task])
 
 
 def mtbert_train_compiled(args, task: str) -> dict:
@@ -154,16 +164,14 @@ def mtbert_train_bf16(args, task: str) -> dict:
     return mtbert_train(args, task, precision="bf16")
 
 
-def time_loop(args, trainer, step_tasks) -> dict:
-    """Time ``args.steps`` optimizer steps of mtbert's own loop, after ``args.warmup``."""
-    trainer._prepare_phase(trainer.phases[0])
-    trainer.model.train()
+def time_loop(args, trainer, tasks: list[str]) -> dict:
+    """Time ``args.steps`` optimizer steps of mtbert's own loop on ``tasks``, after ``args.warmup``."""
+    step = mtbert_stepper(trainer, tasks)
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             sync(args.device)
             start, examples = time.perf_counter(), trainer.examples
-        trainer._train_step(step_tasks())
-        trainer._update()
+        step()
     sync(args.device)
     elapsed = time.perf_counter() - start
     return {"examples_per_s": (trainer.examples - examples) / elapsed, "s_per_step": elapsed / args.steps}
@@ -397,9 +405,6 @@ def plain_eval(args, task: str) -> dict:
 
 
 def mtbert_step(args, method: str) -> dict:
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
-
     changes = {"sampler": "all_tasks"}
     if method in ("pcgrad", "gradvac"):
         changes["gradient"] = method
@@ -409,8 +414,7 @@ def mtbert_step(args, method: str) -> dict:
         changes["regularizers"] = [{"name": "smart"}]
     if method == "smart_half":
         changes["regularizers"] = [{"name": "smart", "bregman": False, "fraction": 0.5}]
-    trainer = Trainer(mtbert_spec(args, list(TASKS), **changes), default_registry(), progress=False)
-    return time_loop(args, trainer, lambda: list(TASKS))
+    return time_loop(args, mtbert_trainer(args, list(TASKS), **changes), list(TASKS))
 
 
 # bf16 dense peak of the GPU, for model FLOPs utilisation (NVIDIA's datasheets, SXM parts).
@@ -419,29 +423,16 @@ BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 def mtbert_mfu(args, batch_size: int) -> dict:
     """Model FLOPs utilisation of mtbert's training step on SST batches of ``batch_size``."""
-    import attrs
-
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
-
-    spec = mtbert_spec(args, ["sst"])
-    spec = attrs.evolve(spec, train=attrs.evolve(spec.train, batch_size=batch_size))
-    return measure_mfu(args, Trainer(spec, default_registry(), progress=False))
+    return measure_mfu(args, mtbert_trainer(args, ["sst"], {"batch_size": batch_size}))
 
 
 def mtbert_mfu_fixed(args, shape: tuple[int, int]) -> dict:
     """The same on random token ids of a fixed [batch, length] (no padding): enough work per step
     that the GPU, not the host, sets the step time -- what MFU is usually quoted at."""
-    import attrs
     import torch
 
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
-
     batch_size, length = shape
-    spec = mtbert_spec(args, ["sst"])
-    spec = attrs.evolve(spec, train=attrs.evolve(spec.train, batch_size=batch_size))
-    trainer = Trainer(spec, default_registry(), progress=False)
+    trainer = mtbert_trainer(args, ["sst"], {"batch_size": batch_size})
     vocab, generator = trainer.model.encoder.config.vocab_size, torch.Generator().manual_seed(11)
 
     def synthetic() -> dict:
@@ -474,7 +465,7 @@ def measure_mfu(args, trainer) -> dict:
         return original(input_ids, *rest, **kw)
 
     encoder.forward = counting
-    result = time_loop(args, trainer, lambda: ["sst"])
+    result = time_loop(args, trainer, ["sst"])
     shapes = shapes[-args.steps:]  # the timed steps (one encoder call per step)
     n = sum(m.weight.numel() for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
     config = encoder.config

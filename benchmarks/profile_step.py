@@ -31,24 +31,6 @@ import bench  # noqa: E402  (the same models, data and spec as the benchmark)
 WAITS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cudaMemcpyAsync"}
 
 
-def mtbert_stepper(args):
-    import attrs
-
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
-
-    spec = bench.mtbert_spec(args, ["sst"])
-    spec = attrs.evolve(spec, train=attrs.evolve(spec.train, batch_size=args.batch))
-    trainer = Trainer(spec, default_registry(), progress=False)
-    trainer._prepare_phase(trainer.phases[0])
-    trainer.model.train()
-
-    def step():
-        trainer._train_step(["sst"])
-        trainer._update()
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -65,7 +47,10 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(11)
-    step = mtbert_stepper(args) if args.impl == "mtbert" else bench.plain_stepper(args, "sst", args.batch)
+    if args.impl == "mtbert":
+        step = bench.mtbert_stepper(bench.mtbert_trainer(args, ["sst"], {"batch_size": args.batch}), ["sst"])
+    else:
+        step = bench.plain_stepper(args, "sst", args.batch)
     for _ in range(args.warmup):
         step()
     bench.sync(args.device)
