@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MTBERT = Path(sys.executable).with_name("mtbert")  # the CLI of the environment running this script
 EXPERIMENTS = [
     "baseline", "concat_vs_parallel", "pearson_vs_mse", "full_then_heads", "heads_only", "annealed",
     "annealed_pals", "heads_then_full", "ordinal", "smart", "gradvac", "all_tasks_sum", "pcgrad", "bilstm",
@@ -39,7 +40,7 @@ def run(name: str, out: Path, reduced: bool) -> None:
     if (out / name / "best.json").is_file():
         print(f"{name}: done already", flush=True)
         return
-    args = [str(Path(sys.executable).with_name("mtbert")), "run", f"examples/{name}.toml", "--out",
+    args = [str(MTBERT), "run", f"examples/{name}.toml", "--out",
             str(out / name), "--no-progress", "--set", "train.save_every=0"]
     for override in one_epoch(name) if reduced else []:
         args += ["--set", override]
@@ -60,8 +61,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(lambda name: run(name, out, args.one_epoch), args.names))
     done = [str(out / n) for n in args.names if (out / n / "best.json").is_file()]
-    mtbert = Path(sys.executable).with_name("mtbert")
-    subprocess.run([str(mtbert), "compare", *done, "--format", "markdown", "--output", str(out / "table.md")],
+    subprocess.run([str(MTBERT), "compare", *done, "--format", "markdown", "--output", str(out / "table.md")],
                    cwd=ROOT, check=False)
 
 
