@@ -404,17 +404,23 @@ def plain_eval(args, task: str) -> dict:
     return {"examples_per_s": count / (time.perf_counter() - start), "examples": count}
 
 
+STEP_METHODS = {  # step/<method>: spec changes of an all-tasks step
+    "sum": {},
+    "pcgrad": {"gradient": "pcgrad"},
+    "gradvac": {"gradient": "gradvac"},
+    "smart": {"regularizers": [{"name": "smart", "bregman": False}]},
+    "smart_bregman": {"regularizers": [{"name": "smart"}]},
+    "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
+}
+
+
+def all_tasks_trainer(args, method: str):
+    """A trainer whose every step takes one batch of each task, with ``method`` (a STEP_METHODS key)."""
+    return mtbert_trainer(args, list(TASKS), sampler="all_tasks", **STEP_METHODS[method])
+
+
 def mtbert_step(args, method: str) -> dict:
-    changes = {"sampler": "all_tasks"}
-    if method in ("pcgrad", "gradvac"):
-        changes["gradient"] = method
-    if method == "smart":
-        changes["regularizers"] = [{"name": "smart", "bregman": False}]
-    if method == "smart_bregman":
-        changes["regularizers"] = [{"name": "smart"}]
-    if method == "smart_half":
-        changes["regularizers"] = [{"name": "smart", "bregman": False, "fraction": 0.5}]
-    return time_loop(args, mtbert_trainer(args, list(TASKS), **changes), list(TASKS))
+    return time_loop(args, all_tasks_trainer(args, method), list(TASKS))
 
 
 # bf16 dense peak of the GPU, for model FLOPs utilisation (NVIDIA's datasheets, SXM parts).
@@ -487,8 +493,7 @@ RUNS = {
     **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
     **{f"eval/{t}/hf_trainer": (hf_eval, t) for t in TASKS},
     **{f"eval/{t}/plain_torch": (plain_eval, t) for t in TASKS},
-    **{f"step/{m}": (mtbert_step, m)
-       for m in ("sum", "pcgrad", "gradvac", "smart", "smart_bregman", "smart_half")},
+    **{f"step/{m}": (mtbert_step, m) for m in STEP_METHODS},
     **{f"mfu/sst/batch{b}": (mtbert_mfu, b) for b in (32, 256)},
     **{f"mfu/fixed/{b}x{t}": (mtbert_mfu_fixed, (b, t)) for b, t in ((64, 128), (256, 128), (64, 512), (128, 512))},
 }
@@ -519,7 +524,7 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
                     rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",
                                  ours["examples_per_s"] / theirs["examples_per_s"]))
     base = results.get("step/sum")
-    for method in ("pcgrad", "gradvac", "smart", "smart_bregman", "smart_half"):
+    for method in (m for m in STEP_METHODS if m != "sum"):
         if base and results.get(f"step/{method}"):
             rows.append((f"step/{method}", "s per step / summed-loss step",
                          results[f"step/{method}"]["s_per_step"] / base["s_per_step"]))
