@@ -129,7 +129,8 @@ def test_encoder_on_cuda_matches_cpu(tiny_encoder):
 ], ids=["sum", "pcgrad", "gradvac", "smart", "smart_half"])
 def test_training_steps_never_wait_for_the_gpu(registry, tmp_path, changes):
     """No host-device synchronization in the hot loop: torch's sync debug mode turns any
-    (a .item(), a copy from pageable memory, a boolean mask index) into an error."""
+    (a .item(), a copy from pageable memory, a boolean mask index) into an error.
+    (tests/test_hot_loop.py checks the same steps, but for the copies, on the CPU.)"""
     spec = cuda_spec(registry, toy_data(tmp_path / "data"), **changes)
     trainer = Trainer(spec, registry, progress=False)
     trainer._prepare_phase(trainer.phases[0])

@@ -1,0 +1,192 @@
+"""No host read-back in the training step, checked on the CPU (CI has no GPU).
+
+tests/test_cuda.py runs training steps under CUDA's sync debug mode, which
+only a GPU machine can do. This is the CPU's stand-in: a torch function mode
+follows which tensors would live on the device in a GPU run (everything but
+what host code builds from Python values: the batches before their copy,
+random orders drawn on a host generator) and records every call that would
+make the host wait for the device: reading a device tensor's value
+(``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``...) or an operation whose
+output size depends on a device tensor's values (``nonzero``, boolean-mask
+indexing, ``unique``...). Unlike CUDA's mode it cannot see copies from
+pageable memory; unlike it, it runs in CI on every change.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from mtbert.spec import structure_spec, unstructure
+from mtbert.train import Trainer
+
+from test_train import toy_data, toy_spec
+
+READ_BACKS = {  # each returns host values, or a result whose size the host must learn
+    Tensor.item, Tensor.tolist, Tensor.numpy, Tensor.__bool__, Tensor.__float__, Tensor.__int__,
+    Tensor.__index__, Tensor.cpu, Tensor.nonzero, torch.nonzero, Tensor.argwhere, torch.argwhere,
+    Tensor.masked_select, torch.masked_select, Tensor.unique, torch.unique, Tensor.unique_consecutive,
+    torch.unique_consecutive, Tensor.equal, torch.equal, Tensor.allclose, torch.allclose, torch.is_nonzero,
+    Tensor.bincount, torch.bincount,
+}
+
+
+def tensors(value):
+    """The tensors in a call's arguments (one level of lists, tuples and dicts deep)."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors(item)
+
+
+class ReadBackRecorder(TorchFunctionMode):
+    """Records read-backs of device tensors; ``host`` holds the tensors host code made."""
+
+    def __init__(self):
+        super().__init__()
+        self.host = WeakIdKeyDictionary()
+        self.read_backs: list[str] = []
+        self.paused = False
+
+    def is_host(self, value) -> bool:
+        return isinstance(value, Tensor) and value in self.host
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.paused:
+            return out
+        inputs = list(tensors(args)) + list(tensors(kwargs))
+        on_device = [t for t in inputs if not self.is_host(t)]
+        if on_device and self.reads_back(func, args, kwargs):
+            self.read_backs.append(getattr(func, "__name__", repr(func)))
+        # Where the output would live in a GPU run. On the CPU a move may return its input
+        # itself, so a move to "the device" takes that tensor off the host's list.
+        if func is Tensor.cpu:
+            on_host = True
+        elif func is Tensor.cuda or (func is Tensor.to and self.moves(args, kwargs)):
+            on_host = False
+        elif inputs:
+            on_host = not on_device
+        else:
+            on_host = "device" not in kwargs  # a factory without a device: the host
+        for result in tensors(out):
+            if on_host:
+                self.host[result] = True
+            else:
+                self.host.pop(result, None)
+        return out
+
+    def moves(self, args, kwargs) -> bool:
+        """Whether a Tensor.to call names a device (or another device tensor) to move to."""
+        targets = list(args[1:]) + [kwargs.get("device"), kwargs.get("other")]
+        return any(isinstance(t, (str, torch.device)) or (isinstance(t, Tensor) and not self.is_host(t))
+                   for t in targets)
+
+    @staticmethod
+    def reads_back(func, args, kwargs) -> bool:
+        if func in READ_BACKS:
+            return True
+        if func in (Tensor.__getitem__, Tensor.__setitem__, Tensor.index_put_, Tensor.index_put):
+            return any(t.dtype == torch.bool for t in tensors(args[1]))  # a boolean mask: nonzero inside
+        if func in (Tensor.repeat_interleave, torch.repeat_interleave):
+            return isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), Tensor) \
+                and kwargs.get("output_size") is None
+        if func is torch.where:
+            return len(args) + len(kwargs) == 1  # where(condition) is nonzero
+        return False
+
+
+class Paused:
+    """Wraps host code (a stream's batch assembly) so that its tensors count as the host's."""
+
+    def __init__(self, recorder, function):
+        self.recorder, self.function = recorder, function
+
+    def __call__(self, *args, **kwargs):
+        self.recorder.paused = True
+        try:
+            out = self.function(*args, **kwargs)
+        finally:
+            self.recorder.paused = False
+        for value in tensors(out):
+            self.recorder.host[value] = True
+        return out
+
+
+def steps_under_recorder(registry, tmp_path, changes, tamper=None):
+    """Warm-up steps, then recorded steps, of the toy two-task run; the recorder.
+    ``changes`` are top-level spec keys (train keys go in ``train``); ``tamper(trainer)``
+    runs before the steps."""
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), **changes.pop("train", {})))
+    data.update(changes)
+    trainer = Trainer(structure_spec(data, registry), registry, progress=False)
+    trainer._prepare_phase(trainer.phases[0])
+    tasks = list(trainer.phases[0].tasks)
+    step_tasks = [tasks] if changes.get("sampler") == "all_tasks" else [[t] for t in tasks]
+    if tamper is not None:
+        tamper(trainer)
+    recorder = ReadBackRecorder()
+    for stream in trainer.streams.values():
+        stream.next_batch = Paused(recorder, stream.next_batch)
+
+    def steps():
+        for names in step_tasks:
+            trainer._train_step(names)
+            trainer._update()
+
+    steps()  # warm-up: optimizer state, SMART's teacher copy
+    with recorder:
+        steps()
+    assert trainer.step == 2 * len(step_tasks)
+    return recorder
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"sampler": "all_tasks", "gradient": "pcgrad"},
+    {"sampler": "all_tasks", "gradient": "gradvac"},
+    {"regularizers": [{"name": "smart"}]},
+    {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
+    {"train": {"max_grad_norm": 0.0}},
+], ids=["sum", "pcgrad", "gradvac", "smart", "smart_half", "no_clipping"])
+def test_training_steps_read_nothing_back_from_the_device(registry, tmp_path, changes):
+    recorder = steps_under_recorder(registry, tmp_path, changes)
+    assert recorder.read_backs == []
+
+
+def test_the_recorder_sees_a_read_back(registry, tmp_path):
+    """The check can fail: a loss that reads its value back every step, as a hand-written loop
+    that prints the loss does, is reported once per task and step."""
+    def read_back_each_loss(trainer):
+        for parts in trainer.tasks.values():
+            def loss(output, labels, original=parts.loss):
+                value = original(output, labels)
+                value.item()
+                return value
+            parts.loss = loss
+
+    recorder = steps_under_recorder(registry, tmp_path, {}, tamper=read_back_each_loss)
+    assert recorder.read_backs == ["item", "item"]  # one step of each of the two tasks
+
+
+def test_host_values_are_not_read_backs():
+    """Orders drawn on a host generator and read with .tolist() (as gradient surgery does)
+    stay on the host in a GPU run; a value computed from a device tensor does not."""
+    recorder = ReadBackRecorder()
+    device_side = torch.ones(3)  # made before the recorder: as the model's weights are
+    with recorder:
+        torch.randperm(4, generator=torch.Generator().manual_seed(0)).tolist()
+        torch.tensor([1.0, 2.0]).sum().item()
+        (device_side * 2).sum()
+        assert recorder.read_backs == []
+        (device_side * 2).sum().item()
+        device_side[device_side > 0]
+    assert recorder.read_backs == ["item", "__getitem__"]
