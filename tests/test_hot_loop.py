@@ -1,4 +1,4 @@
-"""No host read-back in the training step, checked on the CPU (CI has no GPU).
+"""No host read-back in the training step or per evaluation batch, checked on the CPU (CI has no GPU).
 
 tests/test_cuda.py runs training steps under CUDA's sync debug mode, which
 only a GPU machine can do. This is the CPU's stand-in: a torch function mode
@@ -190,3 +190,20 @@ def test_host_values_are_not_read_backs():
         (device_side * 2).sum().item()
         device_side[device_side > 0]
     assert recorder.read_backs == ["item", "__getitem__"]
+
+
+def test_prediction_reads_back_once_not_per_batch(registry, tmp_path, monkeypatch):
+    """Evaluation keeps each batch's predictions on the device and reads them back at the
+    end: two copies (predictions, their order) however many batches there are."""
+    import mtbert.evaluate as evaluate
+
+    trainer = Trainer(toy_spec(registry, toy_data(tmp_path / "data")), registry, progress=False)
+    recorder = ReadBackRecorder()
+    made = []  # the batches, assembled on the host
+    original = evaluate.eval_batches
+    monkeypatch.setattr(evaluate, "eval_batches", Paused(recorder, lambda *args: made.extend(original(*args)) or made))
+    split = trainer.tasks["sent"].splits["dev"]
+    with recorder:
+        predictions = evaluate.predict(trainer.model, "sent", split, 4, trainer.device, trainer.pad_id)
+    assert len(made) > 2 and predictions.shape[0] == len(split.labels)
+    assert recorder.read_backs == ["cpu", "cpu"]
