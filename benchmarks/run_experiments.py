@@ -2,8 +2,8 @@
 
 Each example spec runs at its own budget (what docs/results.md reports), or
 with ``--one-epoch`` at one epoch of its multitask training (one per phase),
-a budget a CPU can afford for every experiment. Runs already finished (a
-best.json in their directory) are skipped, so the script can be restarted;
+a budget a CPU can afford for every experiment. Runs already finished are skipped
+and stopped ones resume, so the script can be restarted;
 ``--parallel N`` runs N at a time (on one GPU, N small runs keep it busier
 than one).
 
@@ -36,17 +36,36 @@ def one_epoch(name: str) -> list[str]:
     return [f"phases.{i}.epochs=1" for i in range(len(spec["phases"]))]
 
 
-def run(name: str, out: Path, reduced: bool) -> None:
-    if (out / name / "best.json").is_file():
-        print(f"{name}: done already", flush=True)
-        return
-    args = [str(MTBERT), "run", f"examples/{name}.toml", "--out",
-            str(out / name), "--no-progress", "--set", "train.save_every=0"]
-    for override in one_epoch(name) if reduced else []:
+def finished(log: Path) -> bool:
+    """Whether the run that wrote ``log`` (its console output) ended: the CLI's last line
+    names the results. (A best.json alone does not say so: it is written at each new best.)"""
+    lines = log.read_text().rstrip().splitlines() if log.is_file() else []
+    return bool(lines) and lines[-1].startswith("results in ")
+
+
+def run_mtbert(spec: str, run_dir: Path, overrides: list[str]) -> bool:
+    """``mtbert run spec`` into ``run_dir`` with ``--set`` overrides, its console output in
+    ``<run_dir>.log``; a run stopped before the end resumes from its last saved state
+    (each epoch's start). False if the run did not finish."""
+    log = run_dir.with_name(run_dir.name + ".log")
+    if finished(log):
+        print(f"{run_dir.name}: done already", flush=True)
+        return True
+    where = ["--resume", str(run_dir)] if (run_dir / "spec.toml").is_file() else ["--out", str(run_dir)]
+    args = [str(MTBERT), "run", spec, *where, "--no-progress"]
+    for override in overrides:
         args += ["--set", override]
     print(" ".join(args[1:]), flush=True)
-    with open(out / f"{name}.log", "w") as log:
-        subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+    with open(log, "w") as out:
+        subprocess.run(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if not finished(log):
+        print(f"{run_dir.name}: did not finish, see {log}", flush=True)
+        return False
+    return True
+
+
+def run(name: str, out: Path, reduced: bool) -> None:
+    run_mtbert(f"examples/{name}.toml", out / name, ["train.save_every=0", *(one_epoch(name) if reduced else [])])
 
 
 def main() -> None:
@@ -60,7 +79,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(lambda name: run(name, out, args.one_epoch), args.names))
-    done = [str(out / n) for n in args.names if (out / n / "best.json").is_file()]
+    done = [str(out / n) for n in args.names if finished(out / f"{n}.log")]
     subprocess.run([str(MTBERT), "compare", *done, "--format", "markdown", "--output", str(out / "table.md")],
                    cwd=ROOT, check=False)
 
