@@ -17,6 +17,7 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
+from test_hot_loop import STEP_CASES, step_round
 from test_train import read_metrics, toy_data, toy_spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -120,33 +121,20 @@ def test_encoder_on_cuda_matches_cpu(tiny_encoder):
     assert torch.allclose(cpu, gpu, atol=1e-4)
 
 
-@pytest.mark.parametrize("changes", [
-    {},
-    {"sampler": "all_tasks", "gradient": "pcgrad"},
-    {"sampler": "all_tasks", "gradient": "gradvac"},
-    {"regularizers": [{"name": "smart"}]},
-    {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
-], ids=["sum", "pcgrad", "gradvac", "smart", "smart_half"])
+@pytest.mark.parametrize("changes", STEP_CASES.values(), ids=STEP_CASES)
 def test_training_steps_never_wait_for_the_gpu(registry, tmp_path, changes):
     """No host-device synchronization in the hot loop: torch's sync debug mode turns any
     (a .item(), a copy from pageable memory, a boolean mask index) into an error.
     (tests/test_hot_loop.py checks the same steps, but for the copies, on the CPU.)"""
-    spec = cuda_spec(registry, toy_data(tmp_path / "data"), **changes)
-    trainer = Trainer(spec, registry, progress=False)
-    trainer._prepare_phase(trainer.phases[0])
-    tasks = list(trainer.phases[0].tasks)
-    step_tasks = [tasks] if changes.get("sampler") == "all_tasks" else [[t] for t in tasks]
-
-    def steps():
-        for names in step_tasks * 2:
-            trainer._train_step(names)
-            trainer._update()
-
-    steps()  # warm-up: first allocations, optimizer state, SMART's teacher copy, pinned buffers
+    trainer = Trainer(cuda_spec(registry, toy_data(tmp_path / "data"), **changes), registry, progress=False)
+    steps, per_round = step_round(trainer)
+    for _ in range(2):  # warm-up: first allocations, optimizer state, SMART's teacher copy, pinned buffers
+        steps()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        steps()
+        for _ in range(2):
+            steps()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert trainer.step == 2 * 2 * len(step_tasks)
+    assert trainer.step == 2 * 2 * per_round

@@ -121,42 +121,52 @@ class Paused:
         return out
 
 
+STEP_CASES = {  # the training steps that must not wait for the device (here and in test_cuda.py)
+    "sum": {},
+    "pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad"},
+    "gradvac": {"sampler": "all_tasks", "gradient": "gradvac"},
+    "smart": {"regularizers": [{"name": "smart"}]},
+    "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
+}
+
+
+def step_round(trainer):
+    """The first phase prepared; each call of the result runs one round of optimizer steps (one
+    all-tasks step under the all_tasks sampler, else one step per task). Also: steps per round."""
+    trainer._prepare_phase(trainer.phases[0])
+    tasks = list(trainer.phases[0].tasks)
+    step_tasks = [tasks] if trainer.phases[0].sampler.name == "all_tasks" else [[t] for t in tasks]
+
+    def run():
+        for names in step_tasks:
+            trainer._train_step(names)
+            trainer._update()
+    return run, len(step_tasks)
+
+
 def steps_under_recorder(registry, tmp_path, changes, tamper=None):
-    """Warm-up steps, then recorded steps, of the toy two-task run; the recorder.
+    """A warm-up round, then a recorded round, of the toy two-task run's steps; the recorder.
     ``changes`` are top-level spec keys (train keys go in ``train``); ``tamper(trainer)``
     runs before the steps."""
+    changes = dict(changes)
     data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), **changes.pop("train", {})))
     data.update(changes)
     trainer = Trainer(structure_spec(data, registry), registry, progress=False)
-    trainer._prepare_phase(trainer.phases[0])
-    tasks = list(trainer.phases[0].tasks)
-    step_tasks = [tasks] if changes.get("sampler") == "all_tasks" else [[t] for t in tasks]
+    steps, per_round = step_round(trainer)
     if tamper is not None:
         tamper(trainer)
     recorder = ReadBackRecorder()
     for stream in trainer.streams.values():
         stream.next_batch = Paused(recorder, stream.next_batch)
-
-    def steps():
-        for names in step_tasks:
-            trainer._train_step(names)
-            trainer._update()
-
     steps()  # warm-up: optimizer state, SMART's teacher copy
     with recorder:
         steps()
-    assert trainer.step == 2 * len(step_tasks)
+    assert trainer.step == 2 * per_round
     return recorder
 
 
-@pytest.mark.parametrize("changes", [
-    {},
-    {"sampler": "all_tasks", "gradient": "pcgrad"},
-    {"sampler": "all_tasks", "gradient": "gradvac"},
-    {"regularizers": [{"name": "smart"}]},
-    {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
-    {"train": {"max_grad_norm": 0.0}},
-], ids=["sum", "pcgrad", "gradvac", "smart", "smart_half", "no_clipping"])
+@pytest.mark.parametrize("changes", [*STEP_CASES.values(), {"train": {"max_grad_norm": 0.0}}],
+                         ids=[*STEP_CASES, "no_clipping"])
 def test_training_steps_read_nothing_back_from_the_device(registry, tmp_path, changes):
     recorder = steps_under_recorder(registry, tmp_path, changes)
     assert recorder.read_backs == []
