@@ -17,6 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
+from common import machine, write_json
 from run_experiments import ROOT, run_mtbert
 
 VARIANTS = {  # name -> --set overrides
@@ -65,7 +66,7 @@ def main() -> None:
         cells = "".join(f"  {g:.4f}" if g is not None else "       -" for g in got)
         print(f"{variant:<12}{cells}  {mean:.4f}  {std:.4f}  {secs:6.0f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"task": args.task, "scores": scores, "elapsed_s": seconds}, indent=2))
+        write_json(args.json, {"task": args.task, "scores": scores, "elapsed_s": seconds, "machine": machine()})
 
 
 if __name__ == "__main__":
