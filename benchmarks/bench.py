@@ -119,7 +119,7 @@ def mtbert_trainer(args, tasks: list[str], train: dict | None = None, **changes)
 
 def mtbert_stepper(trainer, tasks: list[str]):
     """The trainer's first phase prepared; each call of the result is one optimizer step on ``tasks``."""
-    trainer._prepare_phase(trainer.phases[0])
+    trainer.prepare_phase(trainer.phases[0])
     trainer.model.train()
 
     def step():
@@ -170,11 +170,11 @@ def time_loop(args, trainer, tasks: list[str]) -> dict:
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             sync(args.device)
-            start, examples = time.perf_counter(), trainer.examples
+            start, examples = time.perf_counter(), trainer.meter.examples
         step()
     sync(args.device)
     elapsed = time.perf_counter() - start
-    return {"examples_per_s": (trainer.examples - examples) / elapsed, "s_per_step": elapsed / args.steps}
+    return {"examples_per_s": (trainer.meter.examples - examples) / elapsed, "s_per_step": elapsed / args.steps}
 
 
 def mtbert_eval(args, task: str) -> dict:
@@ -213,7 +213,7 @@ def torch_device(args):
 
 
 def hf_model_dir(args):
-    from mtbert import pretrained
+    from mtbert.toolkit import pretrained
 
     if args.encoder in RANDOM_SHAPES:
         return None
@@ -224,7 +224,7 @@ def random_config(args, **extra):
     """The Hugging Face config of a random-weight shape (MiniLM's vocabulary and tokenizer)."""
     from transformers import AutoConfig
 
-    from mtbert import pretrained
+    from mtbert.toolkit import pretrained
 
     shape = RANDOM_SHAPES[args.encoder]
     return AutoConfig.from_pretrained(str(pretrained.embedded_path()), hidden_size=shape["hidden_size"],
@@ -247,7 +247,7 @@ def hf_model(args, task: str):
 def hf_tokenizer():
     from transformers import AutoTokenizer
 
-    from mtbert import pretrained
+    from mtbert.toolkit import pretrained
 
     return AutoTokenizer.from_pretrained(str(pretrained.embedded_path()))
 

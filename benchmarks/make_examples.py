@@ -51,6 +51,9 @@ def experiments():
         lambda s: s.update(sampler="all_tasks")
     yield "pcgrad", "Report 002: summed loss + PCGrad (gradient surgery) on every step's three task gradients", \
         lambda s: s.update(sampler="all_tasks", gradient="pcgrad")
+    yield "uncertainty_pcgrad", ("Uncertainty weighting (Kendall et al. 2018) learns each task's loss weight, "
+                                 "and PCGrad treats the weighted task gradients"), \
+        lambda s: s.update(sampler="all_tasks", gradient="pcgrad", balancer={"name": "uncertainty", "lr": 0.01})
     yield "bilstm", "Report 002: a shared BiLSTM over the token states, task-specific MLP heads with dropout", \
         lambda s: (s.update(adapters=[{"name": "bilstm"}]),
                    [t["head"].update(pooling="mean", mlp=256, dropout=0.3) for t in s["tasks"].values()])

@@ -13,6 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from safetensors import SafetensorError
+
+from .errors import WriteError
+
 
 def recover(directory: Path) -> None:
     """Finish an interrupted swap by putting ``<dir>.old`` back when ``<dir>`` is missing."""
@@ -25,14 +29,24 @@ def recover(directory: Path) -> None:
         pass
 
 
-def write_directory(directory: Path, fill: Callable[[Path], None]) -> None:
-    """Replace ``directory`` by what ``fill(tmp)`` writes into a fresh temporary sibling."""
+def write_directory(directory: Path, fill: Callable[[Path], None], what: str = "files") -> None:
+    """Replace ``directory`` by what ``fill(tmp)`` writes into a fresh temporary sibling.
+
+    If writing fails (a full disk, a quota, a signal), the temporary sibling is
+    removed and ``directory`` is left as it was; an OS error becomes a
+    :class:`WriteError` naming ``what`` and the directory."""
     directory = Path(directory)
     recover(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        fill(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, SafetensorError)):
+            raise WriteError(what, directory, exc) from None
+        raise
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():

@@ -32,8 +32,10 @@ REQUIRED = {
     "samplers": ("plan", "steps_per_epoch"),
     "optimizers": ("step", "zero_grad", "param_groups", "defaults", "state_dict", "load_state_dict"),
     "schedulers": ("step", "get_last_lr", "state_dict", "load_state_dict"),
+    "balancers": ("setup", "weigh", "step_end", "epoch_end", "evaluation_end", "stats", "parameters",
+                  "state_dict", "load_state_dict"),
     "gradient_methods": ("setup", "backward", "finish"),
-    "regularizers": ("penalty", "after_step", "stats"),
+    "regularizers": ("setup", "penalty", "after_step", "stats"),
     "adapters": ("parameters",),
 }
 

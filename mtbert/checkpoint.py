@@ -1,7 +1,8 @@
 """Checkpoints: weights in safetensors (nothing that unpickles), written atomically.
 
 A checkpoint directory holds ``model.safetensors`` (every tensor of the
-multitask model), ``encoder/`` (config and tokenizer files, enough to rebuild
+multitask model), ``balancers.safetensors`` (a balancer's parameters and
+buffers, when it has any), ``encoder/`` (config and tokenizer files, enough to rebuild
 the encoder without its original source) and ``meta.json``. It is written
 into a temporary sibling and renamed into place, so an interrupted write
 leaves the previous checkpoint whole.
@@ -22,16 +23,22 @@ from .errors import CheckpointError
 from .paths import is_file
 
 WEIGHTS = "model.safetensors"
+EXTRA = "balancers.safetensors"
 
 
-def save_checkpoint(model, directory: Path, meta: dict) -> None:
+def save_checkpoint(model, directory: Path, meta: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """``extra``: tensors that are not the model's (a balancer's learned task weights), kept beside it
+    in ``balancers.safetensors`` for whoever wants to read them; loading a model never needs them."""
     def fill(tmp: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "mtbert": __version__})
+        if extra:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in extra.items()}, str(tmp / EXTRA),
+                      metadata={"format": "pt", "mtbert": __version__})
         model.encoder.save_architecture(tmp / "encoder")
         (tmp / "meta.json").write_text(json.dumps({"mtbert": __version__, **meta}, indent=2))
 
-    write_directory(directory, fill)
+    write_directory(directory, fill, "the best checkpoint")
 
 
 def find_checkpoint(path: str | Path) -> Path | None:

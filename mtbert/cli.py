@@ -32,9 +32,31 @@ def user_errors(command):
     return wrapper
 
 
+OWN_LOGGERS = ("mtbert", "mtbert_plugins")  # mtbert's and its built-in plugins' (logging.getLogger(__name__))
+
+
+def _own(record: logging.LogRecord) -> bool:
+    return record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+class _StderrFormatter(logging.Formatter):
+    """``[mtbert] message`` for mtbert's records, ``warning: <logger>: message`` for a library's.
+
+    A line another library logs through the root logger (tensorboard's event
+    reader, say) must not read as mtbert's own.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"[mtbert] {text}" if _own(record) else f"{record.levelname.lower()}: {record.name}: {text}"
+
+
 def setup_logging(verbose: bool = False, file: Path | None = None) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="[mtbert] %(message)s", stream=sys.stderr, force=True)
+    """mtbert's INFO (DEBUG if verbose) on stderr; other libraries' only from WARNING on."""
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(_StderrFormatter("%(message)s"))
+    stderr.addFilter(lambda record: _own(record) or record.levelno >= logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[stderr], force=True)
     for noisy in ("transformers", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if file is not None:
@@ -90,6 +112,7 @@ def run(spec, overrides, out, resume, progress, verbose):
     setup_logging(verbose)
     from .rundir import RunDir
     from .spec import load_spec
+    from .state import peek
     from .train import Trainer
 
     parsed = load_spec(spec, registry(), overrides)
@@ -97,6 +120,11 @@ def run(spec, overrides, out, resume, progress, verbose):
         raise MtbertError("give --resume RUN_DIR or --out DIR, not both")
     if resume is not None:
         run_dir = RunDir.existing(resume, parsed)
+        saved = peek(run_dir.state)
+        if saved.get("finished"):  # nothing to train: say so before reading any data
+            click.echo(f"{run_dir.path} already finished at step {saved['step']}; nothing to do "
+                       f"(results in {run_dir.path})")
+            return
     trainer = Trainer(parsed, registry(), progress=progress)  # reads and checks all data first
     if resume is None:  # under torchrun the first rank makes the directory and tells the others
         path = RunDir.create(parsed, out).path if trainer.dist.main else None
@@ -148,16 +176,22 @@ def predict(run_dir, task, input_path, output_path, batch_size, device):
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "csv"]), default="text", show_default=True)
 @click.option("--all-metrics", is_flag=True, help="Every metric, not only each task's main one.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the table to a file.")
 @user_errors
 def compare(run_dirs, fmt, all_metrics, output):
-    """Print runs side by side: each run's best dev metrics and overall score."""
-    from .compare import load_best, table
+    """Print runs side by side: each run's best dev metrics and overall score.
 
-    text = table([load_best(d) for d in run_dirs], fmt, all_metrics)
+    A sweep directory stands for its runs, in the sweep's order.
+    """
+    from .compare import expand, load_best, table
+
+    runs, notes = expand(run_dirs)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    text = table([load_best(d) for d in runs], fmt, all_metrics)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
         click.echo(f"wrote {output}")
@@ -168,7 +202,11 @@ def compare(run_dirs, fmt, all_metrics, output):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins(as_json):
-    """List every registered component with its kind and the package providing it."""
+    """List every registered component with its kind and the package providing it.
+
+    Exits 1 when a plugin failed to load, so a script or CI job checking an
+    installation notices without reading stderr (or the JSON's failures).
+    """
     from .plugins import default_registry
 
     reg = default_registry()
@@ -177,6 +215,8 @@ def plugins(as_json):
     failures = [{"plugin": f.plugin, "package": f.package, "problem": f.problem} for f in reg.failures]
     if as_json:
         click.echo(json.dumps({"components": rows, "failures": failures}, indent=2))
+        if failures:
+            sys.exit(1)
         return
     widths = {k: max([len(k)] + [len(r[k]) for r in rows]) for k in ("kind", "name", "package")}
     click.echo("  ".join(k.upper().ljust(widths[k]) for k in widths) + "  DESCRIPTION")
@@ -184,6 +224,8 @@ def plugins(as_json):
         click.echo("  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["description"])
     for f in failures:
         click.echo(f"FAILED  plugin '{f['plugin']}' (package {f['package']}): {f['problem']}", err=True)
+    if failures:
+        sys.exit(1)
 
 
 @main.command()

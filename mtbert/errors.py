@@ -62,3 +62,24 @@ class TrainingError(MtbertError):
     """A run that had to stop (e.g. repeated non-finite losses)."""
 
     title = "training stopped"
+
+
+class WriteError(MtbertError):
+    """Something mtbert writes (a state, a checkpoint) could not be written: a full disk, a quota."""
+
+    title = "cannot write"
+
+    def __init__(self, what: str, directory, cause: BaseException):
+        self.what, self.directory = what, directory
+        reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]
+        super().__init__(f"could not write {what} into {directory}: {reason}.\n"
+                         f"  Nothing was half-written: {directory} keeps what it held before, and the best "
+                         "checkpoint saved so far is intact.\n  fix: free space on that disk (or point --out elsewhere), then continue with "
+                         "`mtbert run SPEC --resume RUN_DIR`")
+
+
+class Stopped(MtbertError):
+    """The run was asked to stop (SIGTERM) and saved a state it can resume from."""
+
+    title = "stopped"
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a process they terminated

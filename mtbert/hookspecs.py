@@ -23,6 +23,7 @@ KIND_HOOKS = {
     "samplers": "register_samplers",
     "optimizers": "register_optimizers",
     "schedulers": "register_schedulers",
+    "balancers": "register_balancers",
     "gradient_methods": "register_gradient_methods",
     "regularizers": "register_regularizers",
     "adapters": "register_adapters",
@@ -67,6 +68,11 @@ def register_optimizers(register):
 @hookspec
 def register_schedulers(register):
     """Register learning-rate schedules: (optimizer, total steps) -> LR scheduler."""
+
+
+@hookspec
+def register_balancers(register):
+    """Register task balancers: the step's task losses -> weighted losses (may learn the weights)."""
 
 
 @hookspec

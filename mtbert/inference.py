@@ -8,15 +8,13 @@ from pathlib import Path
 import attrs
 import torch
 
-from .build import build_model, label_spec, make, pair_encoding
-from .checkpoint import find_checkpoint, load_weights
+from .build import label_spec, make, pair_encoding
 from .data import load_split
 from .errors import MtbertError
 from .evaluate import predict, write_predictions
-from .plugins import default_registry
+from .finished import open_run
 from .registry import Registry
-from .rundir import RunDir
-from .spec import Spec, load_spec
+from .spec import Spec
 
 
 class Predictor:
@@ -29,16 +27,8 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu", registry: Registry | None = None) -> "Predictor":
-        run = RunDir(Path(run_dir))
-        if not run.spec.is_file():
-            raise MtbertError(f"{run.path} is not an mtbert run directory (no spec.toml)")
-        registry = registry or default_registry()
-        spec = load_spec(run.spec, registry, env={}, check_files=False)
-        if find_checkpoint(run.path) != run.checkpoint:
-            raise MtbertError(f"{run.path} has no checkpoint yet: the run has not saved a model")
-        model = build_model(spec, registry, restore=run.checkpoint / "encoder")
-        load_weights(model, run.checkpoint)
-        return cls(spec, model.to(device), registry, torch.device(device))
+        opened = open_run(run_dir, registry, device)
+        return cls(opened.spec, opened.model, opened.registry, torch.device(device))
 
     def predict_file(self, task: str, input_path: Path, output_path: Path, batch_size: int = 128) -> int:
         """Predict every row of ``input_path`` (the task's format) into a course-format file."""

@@ -10,7 +10,7 @@ See docs/plugins.md for the same contract with examples.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, NamedTuple
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, NamedTuple
 
 import attrs
 import torch
@@ -59,7 +59,7 @@ class Encoder(nn.Module):
     hidden_size: int
     tokenizer: Any  # a transformers tokenizer (callable on texts / text pairs)
     # Per-layer ModuleLists where adapters add parallel branches (see
-    # mtbert.encoder.Layer); None for encoders without such slots.
+    # mtbert.toolkit.bert.Layer); None for encoders without such slots.
     layer_slots: list[nn.ModuleList] | None = None
     # The transformer layers in order (for training only the last k of them).
     layers: nn.ModuleList
@@ -188,32 +188,124 @@ class ParamGroup:
 # -- schedulers: factory(config, optimizer, total_steps) -> torch LRScheduler ---------
 
 
+# -- what every component acting inside the step is told ---------------------------
+def _no_collective(tensors: list[Tensor]) -> None:
+    """One process: there is nothing to average with."""
+
+
+@attrs.frozen
+class LoopContext:
+    """How the loop runs, handed to gradient methods, balancers and regularizers in ``setup``.
+
+    ``average`` averages tensors across processes in place (a no-op in one
+    process): the loop averages every ``.grad`` (and the balancers' parameters'
+    gradients) itself before the optimizer step; a component that keeps
+    gradients or statistics elsewhere averages them with this."""
+
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"  # what the step's forward runs in: "fp32" or "bf16" (autocast)
+    accumulate: int = 1  # micro-batches per optimizer step
+    world: int = 1  # processes
+    rank: int = 0
+    average: Callable[[list[Tensor]], None] = _no_collective
+
+    def autocast(self) -> ContextManager:
+        """The step's autocast context (bf16 or none), for a component's own forwards."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@attrs.frozen
+class TaskInfo:
+    """What a balancer knows of each training task."""
+
+    weight: float  # the spec's tasks.<name>.weight
+    output_kind: str  # one of OUTPUT_KINDS (classification or real-valued outputs)
+
+
+# -- balancers: factory(config) -> Balancer -------------------------------------------
+class Balancer(nn.Module):
+    """The step's ``{task: loss}`` -> ``{task: weighted loss}``, before the gradient method.
+
+    Any balancer combines with any gradient method: the method receives the
+    weighted losses (each scaled by the loop for accumulation and processes)
+    and treats them as it treats plain ones. Rules for the returned losses:
+    one per task given; each may depend on the balancer's own parameters and
+    on detached values, but two tasks' losses must not share autograd nodes
+    other than leaf parameters (gradient methods backpropagate each task's
+    loss on its own and free its graph).
+
+    It is an ``nn.Module``: its ``nn.Parameter``s are adopted by the core
+    (a parameter group named "balancer" at ``self.lr``, or the phase's rate
+    when None; trained by the run's optimizer; averaged across processes;
+    saved in the training state and the checkpoint; kept across phases), and
+    its buffers and ``get_extra_state`` (JSON values or tensors) are saved and
+    restored the same way. ``setup`` runs once per run, before any
+    ``load_state_dict`` of a resumed run. The hooks ``step_end``,
+    ``epoch_end`` and ``evaluation_end`` tell it what it needs to adapt.
+    """
+
+    lr: float | None = None  # learning rate of its parameters; None: the phase's lr
+    # Capabilities (read by mtbert/validation.py): names of things this component
+    # offers to others, and names it needs some other component of the spec to offer.
+    provides: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, options=None):
+        super().__init__()
+        self.options = options
+        self.tasks: dict[str, TaskInfo] = {}
+        self.context = LoopContext()
+
+    def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
+        """Once per run, with every training task (a phase may train a subset)."""
+        self.tasks, self.context = dict(tasks), context
+
+    def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def step_end(self, losses: dict[str, Tensor]) -> None:
+        """After each optimizer update, with each task's mean loss over the step's
+        micro-batches on this process (detached, on the device; no read-back here)."""
+
+    def epoch_end(self, epoch: int, losses: dict[str, Tensor]) -> None:
+        """After each epoch of a phase, with each task's mean training loss over it,
+        averaged across processes (detached, on the device)."""
+
+    def evaluation_end(self, record: dict) -> None:
+        """After each dev evaluation, with its record (step, epoch, tasks' scores, overall)."""
+
+    def stats(self) -> dict[str, Tensor | float]:
+        """Values to log (read once per logging interval)."""
+        return {}
+
+
 # -- gradient methods: factory(config) -> GradientMethod -----------------------------
 class GradientMethod:
     """Per-task losses of one (micro-)step -> gradients.
 
     ``setup`` runs at the start of each phase with the shared parameters
-    (with their names) and the private ones (heads, task-specific adapters).
+    (with their names), the private ones (heads, task-specific adapters and
+    the balancer's parameters), the phase's tasks and the loop context.
     ``backward`` is called once per micro-batch with each task's loss
-    (already weighted and divided by the accumulation count) and must leave
-    ``.grad`` of every trainable parameter as the treatment wants it summed,
-    possibly only once ``finish`` has run; ``finish`` runs once before each
-    optimizer step.
+    (weighted by the balancer and divided by the accumulation count; each
+    task's loss has its own graph, they share only leaf parameters) and must
+    leave ``.grad`` of every trainable parameter as the treatment wants it
+    summed, possibly only once ``finish`` has run; ``finish`` runs once before
+    each optimizer step, after the loop has averaged ``.grad`` across
+    processes.
     """
 
     needs_all_tasks: ClassVar[bool] = False
-
-    @staticmethod
-    def average(tensors: list[Tensor]) -> None:
-        """Averages tensors across processes in place (a no-op in one process).
-
-        The loop averages every ``.grad`` across ranks before ``finish``; a
-        method that keeps gradients elsewhere (per-task rows) averages them
-        with this in ``finish`` before using them. The loop sets it."""
+    provides: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
-              tasks: list[str]) -> None:
-        self.shared, self.private, self.tasks = shared, private, tasks
+              tasks: list[str], context: LoopContext) -> None:
+        self.shared, self.private, self.tasks, self.context = shared, private, tasks, context
 
     def backward(self, losses: dict[str, Tensor]) -> None:
         raise NotImplementedError
@@ -231,7 +323,16 @@ class Regularizer:
     """An extra loss term per task batch, and an optional update after each step.
 
     ``output`` is the head's output of the loop's own (clean) forward pass on
-    ``batch``, so a regularizer need not recompute it."""
+    ``batch``, so a regularizer need not recompute it. ``needs_embeddings``
+    says it calls ``model.embed`` (validation checks the encoder has it)."""
+
+    needs_embeddings: ClassVar[bool] = False
+    provides: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def setup(self, tasks: list[str], context: LoopContext) -> None:
+        """Once per run, with every training task and the loop context."""
+        self.context = context
 
     def penalty(self, model, task: str, batch: dict[str, Tensor], output: Tensor) -> Tensor:
         raise NotImplementedError

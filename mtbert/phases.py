@@ -1,8 +1,8 @@
 """A run as a list of phases, and what each phase trains.
 
 Without ``[[phases]]`` a run is one phase made of ``[train]`` and the
-top-level sampler and gradient method. With them, each phase names its
-tasks, sampler, gradient method, trainable part, learning rates and length,
+top-level sampler, gradient method and balancer. With them, each phase
+names its tasks, sampler, gradient method, balancer, trainable part, learning rates and length,
 and falls back to the top level for whatever it leaves out. This expresses
 report 000's "1 full + 4 last-layer epochs", report 001's heads-first-then-
 full transfer and report 003's STS-first sequential learning.
@@ -10,13 +10,15 @@ full transfer and report 003's STS-first sequential learning.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 from torch import nn
 
 from .errors import MtbertError
-from .spec import ComponentSpec, Spec
+
+if TYPE_CHECKING:  # types only: phases are resolved from a structured spec, never import it
+    from .spec import ComponentSpec, Spec
 
 
 @attrs.frozen
@@ -26,6 +28,7 @@ class Phase:
     tasks: list[str]
     sampler: ComponentSpec
     gradient: ComponentSpec
+    balancer: ComponentSpec
     trainable: str
     last_layers: int
     epochs: int | None  # exactly one of epochs / steps is set
@@ -40,14 +43,14 @@ def resolve_phases(spec: Spec) -> list[Phase]:
     if not spec.phases:
         steps = train.steps
         epochs = None if steps is not None else (train.epochs or 3)
-        return [Phase(0, "train", list(spec.tasks), spec.sampler, spec.gradient, train.trainable,
+        return [Phase(0, "train", list(spec.tasks), spec.sampler, spec.gradient, spec.balancer, train.trainable,
                       train.last_layers, epochs, steps, train.lr, train.head_lr,
-                      where=lambda key: key if key in ("gradient", "sampler") else f"train.{key}")]
+                      where=lambda key: key if key in ("gradient", "sampler", "balancer") else f"train.{key}")]
     phases = []
     for i, p in enumerate(spec.phases):
         phases.append(Phase(
             i, p.name or f"phase{i + 1}", list(p.tasks or spec.tasks), p.sampler or spec.sampler,
-            p.gradient or spec.gradient, p.trainable or train.trainable, p.last_layers or train.last_layers,
+            p.gradient or spec.gradient, p.balancer or spec.balancer, p.trainable or train.trainable, p.last_layers or train.last_layers,
             p.epochs, p.steps, p.lr or train.lr, p.head_lr or (None if p.lr else train.head_lr),
             where=lambda key, i=i: f"phases[{i}].{key}"))
     return phases

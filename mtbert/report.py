@@ -331,9 +331,8 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, registry=Non
     run's ``data.dir`` (MTBERT_DATA is tried too)."""
     from . import __version__
     from .errors import DataError
-    from .plugins import default_registry
     from .rundir import RunDir
-    from .spec import load_spec
+    from .finished import open_run
 
     run = RunDir(Path(run_dir))
     if not run.spec.is_file():
@@ -343,8 +342,8 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, registry=Non
         raise MtbertError(f"{run.path} has no evaluations yet ({run.metrics.name} is missing or empty): "
                           "a report needs at least one dev evaluation; let the run reach one "
                           "(train.eval_every, or the end of an epoch)")
-    registry = registry or default_registry()
-    spec = load_spec(run.spec, registry, env={}, check_files=False)
+    opened = open_run(run.path, registry, weights=False)
+    spec, registry = opened.spec, opened.registry
     best = max(records, key=lambda r: (r["overall"] if not math.isnan(r["overall"]) else -math.inf))
     if run.best.is_file():
         try:

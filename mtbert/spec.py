@@ -13,7 +13,6 @@ every value: the spec file < ``MTBERT_DATA`` (for ``data.dir``) < ``--set``.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -24,9 +23,9 @@ import tomli_w
 from .errors import SpecError
 from .paths import expand, is_dir, is_file
 from .registry import Registry, singular
-from .structure import Structurer, at_least, closest, describe, greater_than, join, non_empty
+from .structure import Structurer, at_least, describe, greater_than, join, non_empty
+from .validation import check_run, check_task
 
-TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 # What a phase trains: everything, the heads, the adapters (+ heads), or the
 # last `last_layers` encoder layers (+ pooler, adapters and heads).
 Trainable = Literal["all", "heads", "adapters", "last_layers"]
@@ -131,6 +130,7 @@ class PhaseSpec:
     tasks: list[str] | None = attrs.field(default=None, validator=non_empty)  # default: every task
     sampler: ComponentSpec | None = component("samplers", default=None)
     gradient: ComponentSpec | None = component("gradient_methods", default=None)
+    balancer: ComponentSpec | None = component("balancers", default=None)
     trainable: Trainable | None = None
     last_layers: int | None = attrs.field(default=None, validator=at_least(1))
     epochs: int | None = attrs.field(default=None, validator=at_least(1))
@@ -155,6 +155,7 @@ class Spec:
     optimizer: ComponentSpec = component("optimizers", default="adamw")
     scheduler: ComponentSpec = component("schedulers", default="linear")
     gradient: ComponentSpec = component("gradient_methods", default="sum")
+    balancer: ComponentSpec = component("balancers", default="equal")  # task losses -> weighted losses
     regularizers: list[ComponentSpec] = component("regularizers", default=[])
     adapters: list[ComponentSpec] = component("adapters", default=[])
     train: TrainSpec = attrs.Factory(TrainSpec)
@@ -178,9 +179,9 @@ class SpecStructurer(Structurer):
                 if not is_file(self.data_dir / file):
                     self.problem(f"{path}.{split}", f"file {self.data_dir / file} not found")
         if obj is not None and cls is TaskSpec:
-            self.problems += _check_task(path.split(".", 1)[1], obj, self.registry)
+            self.problems += check_task(path.split(".", 1)[1], obj, self.registry)
         if obj is not None and cls is Spec:
-            self.problems += _check_run(obj, self.registry)
+            self.problems += check_run(obj, self.registry)
         return obj
 
     def special(self, tp, value, path, field):
@@ -311,93 +312,6 @@ def load_spec(path: str | Path, registry: Registry, overrides: tuple[str, ...] =
     for text in overrides:
         apply_override(data, *parse_override(text))
     return structure_spec(data, registry, str(path), check_files)
-
-
-def _check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
-    """Checks across the whole spec: phases, the step contract, adapters."""
-    from .phases import resolve_phases
-
-    problems = []
-    for i, phase in enumerate(spec.phases):
-        for task in phase.tasks or ():
-            if task not in spec.tasks:
-                problems.append((f"phases[{i}].tasks", f"unknown task {task!r}; tasks: {', '.join(spec.tasks)}"))
-    if spec.init_from is not None:
-        from .checkpoint import find_checkpoint
-
-        if find_checkpoint(expand(spec.init_from)) is None:
-            problems.append(("init_from", f"{spec.init_from} holds no checkpoint (give a run directory "
-                             "or its checkpoint/ directory)"))
-    if spec.phases:
-        for key in ("epochs", "steps"):
-            if getattr(spec.train, key) is not None:
-                problems.append((f"train.{key}", "unused when [[phases]] give each phase its length; remove it"))
-    if problems:
-        return problems
-    for phase in resolve_phases(spec):
-        where = phase.where
-        sampler = registry.get("samplers", phase.sampler.name).factory
-        gradient = registry.get("gradient_methods", phase.gradient.name).factory
-        if getattr(gradient, "needs_all_tasks", False) and getattr(sampler, "one_task_per_step", True):
-            problems.append((where("gradient"), f"\"{phase.gradient.name}\" combines every task's gradient "
-                             f"in the same step, but sampler \"{phase.sampler.name}\" draws one task per step, "
-                             "so it would never see two tasks at once; use sampler = \"all_tasks\""))
-        untrained = [t for t in phase.tasks if not spec.tasks[t].data.train]
-        if untrained:
-            problems.append((where("tasks"), f"task(s) {', '.join(untrained)} have no train file"))
-        if phase.trainable == "adapters" and not spec.adapters:
-            problems.append((where("trainable"), "\"adapters\" trains the adapters and heads, "
-                             "but the spec has no adapters"))
-    # A component option named `tasks` names tasks of this spec (e.g. SMART's, PALs').
-    for where, items in (("regularizers", spec.regularizers), ("adapters", spec.adapters)):
-        for i, item in enumerate(items):
-            for task in getattr(item.options, "tasks", None) or ():
-                if task not in spec.tasks:
-                    problems.append((f"{where}[{i}].tasks", f"unknown task {task!r}{closest(task, spec.tasks)}; "
-                                     f"tasks: {', '.join(spec.tasks)}"))
-    encoder = registry.get("encoders", spec.encoder.name).factory
-    for i, adapter in enumerate(spec.adapters):
-        factory = registry.get("adapters", adapter.name).factory
-        if getattr(factory, "needs_layer_slots", False) and not getattr(encoder, "layer_slots", False):
-            problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
-                             f"which encoder \"{spec.encoder.name}\" does not offer; use encoder \"minbert\""))
-    return problems
-
-
-def _check_task(name: str, task: TaskSpec, registry: Registry):
-    path = f"tasks.{name}"
-    if not TASK_NAME.match(name):
-        yield path, "task names are lower-case letters, digits, '_' or '-' (they name output files)"
-    entry = registry.get("heads", task.head.name)
-    head = entry.factory
-    if not callable(getattr(head, "labels", None)):
-        yield (f"{path}.head", f"head \"{task.head.name}\" from plugin '{entry.plugin}' (package {entry.package}) "
-               "has no labels() classmethod, so its labels cannot be checked; see docs/plugins.md")
-        return
-    kind = head.labels(task.head.options).kind
-    loss = registry.get("losses", task.loss.name).factory
-    if not hasattr(loss, "accepts"):
-        yield (f"{path}.loss", f"loss \"{task.loss.name}\" declares no `accepts` (the head output kinds "
-               "it trains); see docs/plugins.md")
-    elif kind not in loss.accepts:
-        yield (f"{path}.loss", f"\"{task.loss.name}\" trains {', '.join(sorted(loss.accepts))} outputs, "
-               f"but head \"{task.head.name}\" gives {kind} outputs")
-    for i, metric in enumerate(task.metrics):
-        accepts = getattr(registry.get("metrics", metric.name).factory, "accepts", None) or ()
-        if kind not in accepts:
-            yield (f"{path}.metrics[{i}]", f"\"{metric.name}\" scores {', '.join(sorted(accepts))} "
-                   f"predictions, but head \"{task.head.name}\" gives {kind} ones")
-    if getattr(head, "pair_encoding", "cross") == "bi" and task.data.text_pair is None:
-        yield f"{path}.head", f"\"{task.head.name}\" encodes sentence pairs, but the task has no data.text_pair"
-    if task.data.label_names is not None:
-        classes = {"binary": 2, "multiclass": head.labels(task.head.options).num_labels}.get(kind)
-        if classes is None:
-            yield f"{path}.data.label_names", "label names are for classification tasks"  # real-valued labels
-        elif len(task.data.label_names) != classes:
-            yield (f"{path}.data.label_names", f"{len(task.data.label_names)} names for a head with "
-                   f"{classes} classes; give one name per class, in class order")
-    if not task.data.train and not task.data.dev:
-        yield f"{path}.data", "give at least a train or a dev file"
 
 
 # -- back to data (the resolved spec saved in each run) ------------------------------------

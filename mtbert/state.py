@@ -60,7 +60,7 @@ def save_state(directory: Path, tree: dict) -> None:
         save_file(tensors, str(tmp / TENSORS))
         (tmp / TREE).write_text(json.dumps(skeleton))
 
-    write_directory(directory, fill)
+    write_directory(directory, fill, "the training state")
 
 
 def load_state(directory: Path) -> dict:
@@ -74,6 +74,18 @@ def load_state(directory: Path) -> dict:
         return unflatten(json.loads((directory / TREE).read_text()), tensors)
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
         raise CheckpointError(f"the training state in {directory} is unreadable: {exc}") from None
+
+
+def peek(directory: Path) -> dict:
+    """The top-level JSON values of a saved state (its counters), without reading its tensors;
+    {} when there is no readable state."""
+    directory = Path(directory)
+    recover(directory)
+    try:
+        skeleton = json.loads((directory / TREE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in skeleton.get("__dict__", []) if isinstance(k, str) and not isinstance(v, dict)}
 
 
 def rng_state() -> dict:

@@ -5,7 +5,8 @@
 Every combination is validated before the first one trains, so a bad value
 costs nothing. Runs go to ``<out>/<name>-sweep/<key=value,...>/`` and the
 best dev metrics of each are gathered into one table (printed, and written
-as ``summary.md`` and ``summary.jsonl`` in the sweep directory).
+as ``summary.md`` and ``summary.jsonl`` in the sweep directory;
+``mtbert compare SWEEP_DIR`` prints it again from the runs, in that order).
 """
 
 from __future__ import annotations

@@ -6,19 +6,12 @@ $MTBERT_DATA), never copied into the repository.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MTBERT_DATA") or ROOT.parent / "shared" / "data" / "cs224n").resolve()
-
-# A 2-layer, hidden-32 BERT with MiniLM's tokenizer and random weights: the
-# encoder for fast tests. As spec data, so it can go straight into a spec.
-TINY_ENCODER = {"name": "minbert", "pretrained": "minilm-l6", "init": "random", "num_layers": 2,
-                "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}
+from helpers import DATA, TINY_ENCODER
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mtbert.rundir import RunDir  # noqa: E402
 from mtbert.spec import structure_spec, unstructure  # noqa: E402
 
-from test_train import toy_data, toy_spec  # noqa: E402
+from helpers import toy_data, toy_spec
+
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "weights.json"
 

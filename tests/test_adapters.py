@@ -19,8 +19,8 @@ from mtbert.train import Trainer
 from mtbert_plugins.adapters.lora import LoraLinear, LoraOptions, build_lora
 from mtbert_plugins.adapters.pals import default_size
 
-from conftest import TINY_ENCODER
-from test_train import toy_data
+from helpers import TINY_ENCODER, toy_data
+
 
 TASKS = ["a", "b"]
 SHORT, LONG = "a good film", "the plot was rather slow but the actors were very good indeed"

@@ -12,7 +12,8 @@ from mtbert.errors import MtbertError
 from mtbert.rundir import RunDir
 from mtbert.train import Trainer
 
-from test_train import toy_data, toy_spec
+from helpers import toy_data, toy_spec
+
 
 
 @pytest.fixture(scope="module")

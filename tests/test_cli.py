@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
 
-from conftest import ROOT, TINY_ENCODER
+from helpers import ROOT, TINY_ENCODER, mtbert
+
 
 LIMIT = 300  # rows per file for the end-to-end run
-
-
-def script() -> str:
-    """The installed console script."""
-    return str(Path(sys.executable).with_name("mtbert"))
-
-
-def mtbert(*args, env_data=None, cwd=ROOT):
-    """Run the installed console script as a user would."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    env.pop("MTBERT_DATA", None)
-    if env_data is not None:
-        env["MTBERT_DATA"] = str(env_data)
-    return subprocess.run([script(), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=600)
 
 
 def tiny_baseline(tmp_path) -> Path:

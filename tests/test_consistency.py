@@ -5,7 +5,8 @@ from __future__ import annotations
 import tomllib
 from importlib import metadata
 
-from conftest import ROOT
+from helpers import ROOT
+
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -28,11 +29,13 @@ def test_installed_entry_points_match_pyproject():
     assert installed == PYPROJECT["project"]["entry-points"]["mtbert"]
 
 
-def test_package_list_covers_every_plugin_folder():
+def test_package_list_covers_every_package_folder():
     packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
     folders = {"mtbert_plugins." + ".".join(p.parent.relative_to(ROOT / "plugins").parts)
                for p in (ROOT / "plugins").rglob("__init__.py") if p.parent != ROOT / "plugins"}
-    assert folders | {"mtbert", "mtbert_plugins"} == packages
+    cores = {"mtbert." + ".".join(p.parent.relative_to(ROOT / "mtbert").parts)
+             for p in (ROOT / "mtbert").rglob("__init__.py") if p.parent != ROOT / "mtbert"}
+    assert folders | cores | {"mtbert", "mtbert_plugins"} == packages
 
 
 def test_every_plugin_module_cites_or_explains_itself():
@@ -40,3 +43,40 @@ def test_every_plugin_module_cites_or_explains_itself():
         if path.name != "__init__.py":
             source = path.read_text()
             assert source.lstrip().startswith('"""'), f"{path} has no module docstring"
+
+
+def module_imports(path) -> set[str]:
+    """The mtbert modules a core module imports when it is loaded (not under TYPE_CHECKING, not in functions)."""
+    import ast
+
+    found = set()
+    for node in ast.parse(path.read_text()).body:  # top level only: lazy imports in functions are not cycles
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mtbert."):
+            found.add(node.module.split(".")[1])
+    return {name.split(".")[0] for name in found}
+
+
+def test_the_core_has_no_import_cycle():
+    core = {p.stem: module_imports(p) for p in (ROOT / "mtbert").glob("*.py")}
+
+    def visit(name, trail):
+        if name in trail:
+            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(name):] + [name]))
+        for child in core.get(name, ()):
+            visit(child, trail + [name])
+
+    for name in core:
+        visit(name, [])
+    assert "validation" in core["spec"] and "spec" not in core["phases"]  # the check can fail
+
+
+def test_the_core_names_no_method():
+    """Core modules import no plugin and no toolkit helper: those serve methods, the core serves kinds."""
+    import re
+
+    for path in (ROOT / "mtbert").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import) mtbert_plugins", text, re.M), f"{path.name} imports a plugin"
+        assert not re.search(r"^\s*from (\.|mtbert\.)toolkit", text, re.M), f"{path.name} imports mtbert.toolkit"

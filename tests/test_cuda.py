@@ -17,8 +17,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from test_hot_loop import STEP_CASES, step_round
-from test_train import read_metrics, toy_data, toy_spec
+from helpers import toy_data, toy_spec, read_metrics, STEP_CASES, step_round
+
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -66,8 +66,8 @@ def test_cuda_fp32_steps_match_the_cpu(registry, tmp_path):
 def test_adamw_is_fused_on_cuda(registry, tmp_path):
     spec = cuda_spec(registry, toy_data(tmp_path / "data", n=32), train={"steps": 1})
     trainer, _ = fit(registry, spec, tmp_path / "run")
-    assert trainer.optimizer.defaults["fused"] is True
-    assert all(p.is_cuda for group in trainer.optimizer.param_groups for p in group["params"])
+    assert trainer.parts.optimizer.defaults["fused"] is True
+    assert all(p.is_cuda for group in trainer.parts.optimizer.param_groups for p in group["params"])
 
 
 @pytest.mark.parametrize("gradient", ["pcgrad", "gradvac"])

@@ -15,9 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtbert.spec import structure_spec, unstructure
 
-from conftest import ROOT, TINY_ENCODER
-from test_cli import mtbert, script
-from test_train import toy_data, toy_spec
+from helpers import ROOT, TINY_ENCODER, toy_data, toy_spec, script, mtbert
+
 
 
 def write_spec(registry, tmp_path, **changes):
@@ -52,7 +51,9 @@ def losses(run):
     {},  # round-robin, summed loss
     {"sampler": "all_tasks", "gradient": "pcgrad"},  # per-task gradients reduced before the projection
     {"sampler": "annealed"},  # random task draws: every rank must draw the same
-], ids=["round_robin", "pcgrad", "annealed"])
+    # a balancer's parameters: their gradients averaged across ranks like the model's
+    {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": {"name": "uncertainty", "lr": 0.05}},
+], ids=["round_robin", "pcgrad", "annealed", "uncertainty_pcgrad"])
 def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, changes):
     spec = write_spec(registry, tmp_path, **{k: v for k, v in changes.items() if v is not None})
     two = torchrun("run", spec, "--out", tmp_path / "two", "--no-progress")
@@ -70,6 +71,11 @@ def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, chan
     a = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    if "balancer" in changes:
+        a = load_file(str(tmp_path / "two" / "checkpoint" / "balancers.safetensors"))
+        b = load_file(str(tmp_path / "one" / "checkpoint" / "balancers.safetensors"))
+        assert a.keys() == b.keys() and all(float(v) != 0.0 for v in b.values())  # trained from 0
+        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), (a, b)
     metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # written once, by the first rank
 

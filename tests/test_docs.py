@@ -6,7 +6,8 @@ import attrs
 
 from mtbert.specdoc import CORE, own_registry, render
 
-from conftest import ROOT
+from helpers import ROOT
+
 
 
 def test_spec_reference_is_up_to_date():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mtbert import pretrained
+from mtbert.toolkit import pretrained
 from mtbert.build import make
-from mtbert.encoder import hf_to_ours, ours_to_hf
+from mtbert.toolkit.bert import hf_to_ours, ours_to_hf
 from mtbert.errors import CheckpointError
 from mtbert.spec import structure_component
 

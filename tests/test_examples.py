@@ -10,7 +10,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import load_spec, structure_spec
 from mtbert.train import Trainer
 
-from conftest import ROOT, TINY_ENCODER
+from helpers import ROOT, TINY_ENCODER
+
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 

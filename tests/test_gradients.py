@@ -15,12 +15,13 @@ from torch import nn
 
 from mtbert.build import make
 from mtbert.errors import SpecError
-from mtbert.gradsurgery import CHUNK, block_keys
+from mtbert.toolkit.pertask import CHUNK, block_keys
 from mtbert.rundir import RunDir
 from mtbert.spec import structure_component, structure_spec
 from mtbert.train import Trainer
 
-from conftest import TINY_ENCODER
+from helpers import TINY_ENCODER
+
 
 R2 = math.sqrt(2.0)
 
@@ -496,6 +497,6 @@ def test_trains_two_steps_on_the_tiny_encoder(registry, tmp_path, gradient):
     for name in ("encoder.layers.0.ffn_in.weight", *(n for n in before if n.startswith("heads."))):
         assert not torch.equal(before[name], after[name]), name
     if isinstance(gradient, dict):
-        assert trainer.gradient.block_names == ["encoder.embeddings", "layer 0", "layer 1", "encoder.pooler"]
-        assert trainer.gradient.target.shape == (2, 2, 4)
-        assert trainer.gradient.target.abs().sum() > 0
+        assert trainer.parts.gradient.block_names == ["encoder.embeddings", "layer 0", "layer 1", "encoder.pooler"]
+        assert trainer.parts.gradient.target.shape == (2, 2, 4)
+        assert trainer.parts.gradient.target.abs().sum() > 0

@@ -12,14 +12,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_component, structure_spec, unstructure
 from mtbert.train import Trainer
 
-from test_train import toy_data, toy_spec
+from helpers import toy_data, toy_spec, TINY_ROBERTA
 
-TINY_ROBERTA = {
-    "name": "hf", "tokenizer": "minilm-l6",
-    "config": {"model_type": "roberta", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-               "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 520,
-               "pad_token_id": 0, "type_vocab_size": 1},
-}
 
 
 def roberta_spec(registry, tmp_path, **changes):

@@ -23,7 +23,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from test_train import toy_data, toy_spec
+from helpers import toy_data, toy_spec, STEP_CASES, step_round
+
 
 READ_BACKS = {  # each returns host values, or a result whose size the host must learn
     Tensor.item, Tensor.tolist, Tensor.numpy, Tensor.__bool__, Tensor.__float__, Tensor.__int__,
@@ -119,29 +120,6 @@ class Paused:
         for value in tensors(out):
             self.recorder.host[value] = True
         return out
-
-
-STEP_CASES = {  # the training steps that must not wait for the device (here and in test_cuda.py)
-    "sum": {},
-    "pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad"},
-    "gradvac": {"sampler": "all_tasks", "gradient": "gradvac"},
-    "smart": {"regularizers": [{"name": "smart"}]},
-    "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
-}
-
-
-def step_round(trainer):
-    """The first phase prepared; each call of the result runs one round of optimizer steps (one
-    all-tasks step under the all_tasks sampler, else one step per task). Also: steps per round."""
-    trainer._prepare_phase(trainer.phases[0])
-    tasks = list(trainer.phases[0].tasks)
-    step_tasks = [tasks] if trainer.phases[0].sampler.name == "all_tasks" else [[t] for t in tasks]
-
-    def run():
-        for names in step_tasks:
-            trainer._train_step(names)
-            trainer._update()
-    return run, len(step_tasks)
 
 
 def steps_under_recorder(registry, tmp_path, changes, tamper=None):

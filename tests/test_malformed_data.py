@@ -27,8 +27,8 @@ from mtbert.data import load_split
 from mtbert.errors import DataError
 from mtbert.spec import SpecStructurer, TaskData, structure_component, structure_spec
 
-from conftest import TINY_ENCODER
-from test_cli import mtbert
+from helpers import TINY_ENCODER, mtbert
+
 
 CORPUS = Path(__file__).resolve().parent / "data" / "malformed"
 README = CORPUS / "README.md"

@@ -18,7 +18,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from test_train import toy_data, toy_spec
+from helpers import toy_data, toy_spec
+
 
 
 class Poisoned(Loss):
@@ -70,7 +71,7 @@ def test_a_nan_step_is_skipped_and_counted(nan_registry, tmp_path, optimizer):
     trainer._update = update
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     assert seen == [False, False, True, False]  # only the poisoned step left the weights alone
-    assert int(trainer.bad_steps) == 1
+    assert int(trainer.health.bad_steps) == 1
     weights = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -22,7 +22,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_component, structure_spec
 from mtbert.train import train
 
-from conftest import TINY_ENCODER
+from helpers import TINY_ENCODER
+
 
 
 def build(registry, kind, value, *args):

@@ -13,8 +13,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec
 from mtbert.train import Trainer
 
-from test_train import toy_data, toy_spec
-from conftest import TINY_ENCODER
+from helpers import TINY_ENCODER, toy_data, toy_spec
+
 
 
 def spec_with_phases(registry, directory, phases, **train):
@@ -87,15 +87,15 @@ def test_heads_only_then_full(registry, tmp_path):
     ])
     trainer = Trainer(spec, registry, progress=False)
     start = snapshot(trainer.model)
-    original_step = trainer._run_phase
+    original_phase = trainer._train_phase
 
     after_heads = {}
 
-    def spy(phase, state=None):
-        original_step(phase, state)
-        after_heads.setdefault(phase.name, snapshot(trainer.model))
+    def spy():
+        original_phase()
+        after_heads.setdefault(trainer.parts.phase.name, snapshot(trainer.model))
 
-    trainer._run_phase = spy
+    trainer._train_phase = spy
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     heads_done = after_heads["heads"]
     assert changed(start, heads_done, "encoder.") == set()
@@ -104,7 +104,7 @@ def test_heads_only_then_full(registry, tmp_path):
     assert trainer.step == 10
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["step"]) for r in records] == [("heads", 6), ("full", 10)]
-    assert [g["lr"] for g in trainer.optimizer.param_groups][0] == pytest.approx(0.0)  # linear decay ended
+    assert [g["lr"] for g in trainer.parts.optimizer.param_groups][0] == pytest.approx(0.0)  # linear decay ended
 
 
 def test_last_layers_trains_only_the_top(registry, tmp_path):
@@ -128,7 +128,7 @@ def test_sequential_phase_trains_one_task_first(registry, tmp_path):
     start = snapshot(trainer.model)
     seen = []
     original = trainer._train_step
-    trainer._train_step = lambda tasks: (seen.append((trainer.phase.name, tuple(tasks))), original(tasks))[1]
+    trainer._train_step = lambda tasks: (seen.append((trainer.parts.phase.name, tuple(tasks))), original(tasks))[1]
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     assert {t for p, t in seen if p == "count-first"} == {("count",)}
     assert {t for p, t in seen if p == "together"} == {("sent",), ("count",)}

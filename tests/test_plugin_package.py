@@ -30,7 +30,8 @@ from mtbert.build import REQUIRED
 from mtbert.interfaces import Encoded, LabelSpec, ParamGroup, SamplerContext
 from mtbert.registry import NAME_RE
 
-from conftest import ROOT, TINY_ENCODER
+from helpers import ROOT, TINY_ENCODER
+
 
 DOC = ROOT / "docs" / "plugins.md"
 PACKAGE = ROOT / "examples" / "plugin_package"

@@ -15,17 +15,7 @@ from mtbert.errors import PluginError
 from mtbert.hookspecs import KIND_HOOKS, hookimpl
 from mtbert.plugins import build_registry
 
-BUILT_IN = {
-    "encoders": {"minbert"},
-    "readers": {"tsv", "csv", "jsonl"},
-    "heads": {"classifier", "binary", "regression"},
-    "losses": {"cross_entropy", "bce", "mse"},
-    "metrics": {"accuracy", "f1", "pearson", "spearman"},
-    "samplers": {"round_robin", "proportional", "temperature", "annealed", "all_tasks"},
-    "optimizers": {"adamw", "sgd"},
-    "schedulers": {"linear", "cosine", "constant"},
-    "gradient_methods": {"sum"},
-}
+from helpers import BUILT_IN
 
 
 def test_builtins_come_through_entry_points(registry):
@@ -98,3 +88,19 @@ def test_plugins_command_table_and_json(registry):
     assert rows[("losses", "bce")]["plugin"] == "losses.bce"
     assert len(rows) == sum(len(registry.names(k)) for k in registry.kinds())
     assert data["failures"] == []
+
+
+def test_plugins_command_exits_1_when_a_plugin_failed(monkeypatch):
+    raising = _module("raising", register_losses=lambda register: 1 / 0)
+    reg = build_registry(modules=[("raising", raising, "pkg-b")])
+    monkeypatch.setattr("mtbert.plugins.default_registry", lambda: reg)
+    runner = CliRunner()  # stdout and stderr kept apart
+    table = runner.invoke(main, ["plugins"])
+    assert table.exit_code == 1
+    assert any(line.split()[:3] == ["losses", "mse", "mtbert"] for line in table.stdout.splitlines())
+    assert table.stderr.startswith("FAILED  plugin 'raising' (package pkg-b): register_losses raised: ")
+    as_json = runner.invoke(main, ["plugins", "--json"])
+    assert as_json.exit_code == 1
+    data = json.loads(as_json.stdout)  # the JSON is still printed whole
+    assert [f["plugin"] for f in data["failures"]] == ["raising"]
+    assert ("losses", "mse") in {(c["kind"], c["name"]) for c in data["components"]}

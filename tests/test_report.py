@@ -17,8 +17,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import load_spec
 from mtbert.train import Trainer
 
-from conftest import ROOT, TINY_ENCODER
-from test_cli import mtbert
+from helpers import ROOT, TINY_ENCODER, mtbert
+
 
 LIMIT = 200  # rows per file
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -141,6 +141,7 @@ def test_cli(run, tmp_path):
     ok = mtbert("report", run, "--out", tmp_path / "rep")
     assert ok.returncode == 0, ok.stderr
     assert "report.md (7 picture(s))" in ok.stdout
+    assert "No path found" not in ok.stderr  # tensorboard's event reader logs it at INFO: not a line of ours
     assert (tmp_path / "rep" / "scatter-sts.png").read_bytes()[:8] == PNG
     bad = mtbert("report", tmp_path / "rep")
     assert bad.returncode == 2

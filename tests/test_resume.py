@@ -13,7 +13,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from test_train import toy_data, toy_spec
+from helpers import toy_data, toy_spec, script, mtbert
+
 
 
 class Interrupted(Exception):
@@ -64,6 +65,11 @@ def assert_same_run(a, b):
     assert strip(a) == strip(b)
     assert (a / "predictions" / "sent-dev-output.csv").read_text() == \
         (b / "predictions" / "sent-dev-output.csv").read_text()
+    if (a / "checkpoint" / "balancers.safetensors").exists():  # a balancer's learned weights, bitwise
+        balancers_a = load_file(str(a / "checkpoint" / "balancers.safetensors"))
+        balancers_b = load_file(str(b / "checkpoint" / "balancers.safetensors"))
+        assert balancers_a.keys() == balancers_b.keys() and balancers_a
+        assert all(torch.equal(balancers_a[k], balancers_b[k]) for k in balancers_a)
 
 
 @pytest.mark.parametrize("at_step", [5, 12, 13])  # mid-epoch, at an epoch's end (12 steps each), just after
@@ -107,24 +113,35 @@ def test_start_from_another_runs_weights(registry, tmp_path):
         spec_for(registry, tmp_path, init_from=str(tmp_path / "data"))
 
 
-def test_sigkill_mid_epoch_then_resume_from_the_command_line(registry, tmp_path):
-    """A real crash: SIGKILL the process once it has saved a state mid-epoch, then `--resume`."""
+STOPS = [
+    pytest.param("SIGKILL", {}, id="sigkill"),
+    pytest.param("SIGTERM", {}, id="sigterm"),
+    # a balancer's learned weights and PCGrad's state come back bitwise too
+    pytest.param("SIGKILL", {"balancer": "uncertainty", "sampler": "all_tasks", "gradient": "pcgrad"},
+                 id="sigkill-uncertainty-pcgrad"),
+]
+
+
+@pytest.mark.parametrize("stop, changes", STOPS)
+def test_stopped_mid_epoch_then_resume_from_the_command_line(registry, tmp_path, stop, changes):
+    """A real crash (SIGKILL) or a scheduler's stop (SIGTERM) once a state was saved mid-epoch, then
+    `--resume`: the same run as one never stopped; a second `--resume` finds nothing to do."""
     import signal
     import subprocess
     import time
 
     import tomli_w
-    from test_cli import mtbert, script
 
     data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=480), epochs=2, save_every=3,
                                 log_every=5))
+    data.update(changes)
     path = tmp_path / "spec.toml"
     path.write_text(tomli_w.dumps(data))
     assert mtbert("run", path, "--out", tmp_path / "whole", "--no-progress").returncode == 0
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([script(), "run", str(path), "--out", str(killed), "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = killed / "state" / "state.json"
     while process.poll() is None:
         try:  # written by an atomic rename: whole when visible, absent during the swap
@@ -134,13 +151,30 @@ def test_sigkill_mid_epoch_then_resume_from_the_command_line(registry, tmp_path)
         if saved is not None:
             step = [v for k, v in saved["__dict__"] if k == "step"][0]
             if 6 <= step < 25:  # a state inside the first epoch (30 steps)
-                process.send_signal(signal.SIGKILL)
+                process.send_signal(getattr(signal, stop))
                 break
         time.sleep(0.01)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
+    out, err = process.communicate(timeout=300)
+    if stop == "SIGKILL":
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
+    else:
+        assert process.returncode == 143, err[-2000:]
+        assert "SIGTERM received: saved a resumable state at step" in err and "--resume" in err
+        assert "Traceback" not in err
     assert not (killed / "best.json").exists()
+    assert not (killed / "state.tmp").exists()
 
     resumed = mtbert("run", path, "--resume", killed, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step" in resumed.stderr
     assert_same_run(tmp_path / "whole", killed)
+
+    again = mtbert("run", path, "--resume", killed, "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert f"already finished at step {read_best_step(killed)}" in again.stdout and "nothing to do" in again.stdout
+    assert "Traceback" not in again.stderr
+
+
+def read_best_step(run):
+    """The last step of a finished run, from its final metrics line."""
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]

@@ -21,7 +21,8 @@ from mtbert.train import Trainer
 from mtbert_plugins.regularizers.smart import (Smart, adversarial_noise, ascend, binary_symmetric_kl, divergence,
                                                initial_noise, random_rows, squared_error, symmetric_kl)
 
-from conftest import TINY_ENCODER
+from helpers import TINY_ENCODER, toy_spec
+
 
 HEADS = {"multiclass": {"name": "classifier", "num_labels": 3}, "binary": {"name": "binary"},
          "regression": {"name": "regression"}}
@@ -378,7 +379,6 @@ def test_fraction_one_is_the_papers_algorithm_step_by_step(registry, encoder):
 
 def test_unknown_task_in_tasks_is_a_spec_error(registry, tmp_path):
     from mtbert.spec import structure_spec, unstructure
-    from test_train import toy_data, toy_spec
 
     data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), steps=1))
     data["regularizers"] = [{"name": "smart", "tasks": ["sent", "snet"]}]

@@ -9,7 +9,8 @@ from mtbert.errors import SpecError
 from mtbert.spec import (apply_override, dump_spec, load_spec, parse_override, structure_spec)
 from mtbert.structure import Structurer, at_least, probability
 
-from conftest import TINY_ENCODER
+from helpers import TINY_ENCODER
+
 
 
 def make_data(tmp_path):

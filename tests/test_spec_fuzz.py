@@ -37,7 +37,8 @@ from mtbert.errors import SpecError
 from mtbert.spec import (DataSpec, PhaseSpec, Spec, TaskData, TaskSpec, TrainSpec, apply_override, dump_spec,
                          load_spec, parse_override, structure_spec)
 
-from conftest import ROOT
+from helpers import ROOT
+
 
 EXAMPLES = {p.stem: tomllib.loads(p.read_text(encoding="utf-8")) for p in sorted((ROOT / "examples").glob("*.toml"))}
 

@@ -13,7 +13,8 @@ from mtbert.errors import SpecError
 from mtbert.spec import unstructure
 from mtbert.sweep import label, parse_grid, plan_sweep, run_sweep
 
-from test_train import toy_data, toy_spec
+from helpers import toy_data, toy_spec
+
 
 
 def write_spec(registry, tmp_path, **train):
@@ -58,6 +59,9 @@ def test_sweep_runs_each_and_tabulates(registry, tmp_path):
     assert table[2].startswith("| lr=1e-3 | ") and len(table) == 4
     best = json.loads((root / "lr=3e-3" / "best.json").read_text())
     assert f"{best['overall']:.4f}" in table[3]
+    compared = CliRunner().invoke(main, ["compare", str(root), "--format", "markdown", "--all-metrics"])
+    assert compared.exit_code == 0, compared.output
+    assert compared.stdout.splitlines() == table  # the sweep's own table, read back from its runs
 
 
 def test_sweep_command_rejects_bad_values(registry, tmp_path):

@@ -12,52 +12,12 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec
 from mtbert.train import Trainer, train
 
-from conftest import TINY_ENCODER
+from helpers import TINY_ENCODER, FILLER, toy_data, toy_spec, read_metrics
 
-FILLER = "the a movie film plot actor scene story it was is and of very quite rather".split()
-
-
-def toy_data(directory, n=192, seed=0):
-    """Binary sentiment that hinges on one word, and a score that counts a word."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    rows, pairs = ["id\tsentence\tlabel"], ["id\ts1\ts2\tscore"]
-    for i in range(n):
-        label = i % 2
-        words = rng.sample(FILLER, 5) + ["good" if label else "bad"]
-        rng.shuffle(words)
-        rows.append(f"r{i}\t{' '.join(words)}\t{label}")
-        k = rng.randint(0, 3)
-        pairs.append(f"p{i}\t{' '.join(rng.sample(FILLER, 3) + ['wow'] * k)}\t{rng.choice(FILLER)}\t{k}")
-    (directory / "sent.tsv").write_text("\n".join(rows) + "\n")
-    (directory / "pairs.tsv").write_text("\n".join(pairs) + "\n")
-    return directory
-
-
-def toy_spec(registry, directory, **train):
-    data = {
-        "name": "toy", "seed": 3,
-        "encoder": dict(TINY_ENCODER),
-        "data": {"dir": str(directory), "max_length": 16},
-        "train": {"batch_size": 16, "lr": 3e-3, "log_every": 5, **train},
-        "tasks": {
-            "sent": {"data": {"train": "sent.tsv", "dev": "sent.tsv"},
-                     "head": {"name": "classifier", "num_labels": 2, "pooling": "mean"},
-                     "loss": "cross_entropy", "metrics": ["accuracy", "f1"]},
-            "count": {"data": {"train": "pairs.tsv", "dev": "pairs.tsv", "text": "s1", "text_pair": "s2",
-                               "label": "score"},
-                      "head": {"name": "regression", "pooling": "mean"}, "loss": "mse", "metrics": ["pearson"]},
-        },
-    }
-    return structure_spec(data, registry)
 
 
 def run(registry, spec, path):
     return train(spec, registry, RunDir.create(spec, str(path)), progress=False)
-
-
-def read_metrics(path):
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_tiny_model_learns_both_tasks(registry, tmp_path):

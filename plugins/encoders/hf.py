@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 from torch import Tensor, nn
 
-from mtbert import pretrained as checkpoints
+from mtbert.toolkit import pretrained as checkpoints
 from mtbert.errors import CheckpointError
 from mtbert.hookspecs import hookimpl
 from mtbert.interfaces import Encoded, Encoder
@@ -87,6 +87,11 @@ class HfEncoder(Encoder):
         self.model.config.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))
 
+    def save_hf(self, directory: Path) -> str:
+        """The wrapped transformers model saves itself (its own config); returns its model_type."""
+        self.model.save_pretrained(str(directory))
+        return self.model.config.model_type
+
 
 def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
     """Any Hugging Face AutoModel (RoBERTa, DeBERTa, ModernBERT ...) as the encoder."""
@@ -110,6 +115,8 @@ def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
 
 
 build_hf.layer_slots = False  # no per-layer adapter slots: PALs need minbert
+build_hf.input_embeddings = True  # embed(): the model's input embeddings (what SMART perturbs)
+build_hf.hf_export = True  # save_hf(): `mtbert export` writes it back as the transformers model it is
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""minbert: our own BERT (mtbert/encoder.py) loaded from a Hugging Face checkpoint.
+"""minbert: our own BERT (mtbert/toolkit/bert.py) loaded from a Hugging Face checkpoint.
 
 Options select the checkpoint (``pretrained``: 'minilm-l6', a directory or a
 hub id) and can override dropout. ``init = "random"`` keeps the checkpoint's
@@ -14,8 +14,8 @@ from typing import Literal
 
 import attrs
 
-from mtbert import pretrained
-from mtbert.encoder import BertConfig, MinBert, load_hf_weights
+from mtbert.toolkit import pretrained
+from mtbert.toolkit.bert import BertConfig, MinBert, load_hf_weights
 from mtbert.errors import CheckpointError
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least, probability
@@ -69,6 +69,8 @@ def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> Mi
 
 
 build_minbert.layer_slots = True  # PALs and other per-layer adapters can plug in
+build_minbert.input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
+build_minbert.hf_export = True  # save_hf(): a plain transformers BertModel
 
 
 @hookimpl

@@ -28,7 +28,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.gradsurgery import EPS, PerTaskGradients
+from mtbert.toolkit.pertask import EPS, PerTaskGradients
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least, in_range
 
@@ -43,8 +43,8 @@ class GradVacOptions:
 class GradVac(PerTaskGradients):
     """Raise each pair's gradient cosine to its running target."""
 
-    def setup(self, shared, private, tasks) -> None:
-        super().setup(shared, private, tasks)
+    def setup(self, shared, private, tasks, context=None) -> None:
+        super().setup(shared, private, tasks, context)
         # phi_hat[i, j, b]: target cosine of task i's gradient with task j's, block b (positions in tasks)
         self.target = torch.zeros(len(self.tasks), len(self.tasks), self.num_blocks, device=self.buffer.device)
 

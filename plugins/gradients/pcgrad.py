@@ -20,7 +20,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.gradsurgery import EPS, PerTaskGradients
+from mtbert.toolkit.pertask import EPS, PerTaskGradients
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
 

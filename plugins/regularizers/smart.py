@@ -84,6 +84,7 @@ from torch import Tensor, nn
 
 from mtbert.errors import PluginError
 from mtbert.hookspecs import hookimpl
+from mtbert.interfaces import Regularizer
 from mtbert.structure import at_least, in_range, non_empty
 
 
@@ -217,8 +218,10 @@ def random_rows(batch: dict[str, Tensor], output: Tensor, fraction: float) -> tu
 
 # -- the regularizer -----------------------------------------------------------------
 
-class Smart:
+class Smart(Regularizer):
     """lambda_s * R_s + mu * D_breg per task batch; the teacher follows by EMA after each step."""
+
+    needs_embeddings = True  # R_s perturbs model.embed(batch)
 
     def __init__(self, config: SmartOptions):
         self.config = config

@@ -31,7 +31,7 @@ def registry():
 
 def test_entry_points_are_installed_once():
     ours = [ep for ep in metadata.entry_points(group="mtbert") if ep.value.startswith("mtbert_focal.")]
-    assert sorted(ep.name for ep in ours) == ["mtbert_focal.gradients", "mtbert_focal.losses"]
+    assert sorted(ep.name for ep in ours) == ["mtbert_focal.balancers", "mtbert_focal.gradients", "mtbert_focal.losses"]
     assert {ep.dist.name for ep in ours} == {PACKAGE}
 
 

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
+from mtbert.interfaces import LoopContext
 from mtbert_focal.gradients import RandomLossWeighting, RlwOptions
 
 
 def method(tasks=("a", "b"), shared=(), private=(), **options):
     m = RandomLossWeighting(RlwOptions(**options))
-    m.setup(list(shared), list(private), list(tasks))
+    m.setup(list(shared), list(private), list(tasks), LoopContext())
     return m
 
 

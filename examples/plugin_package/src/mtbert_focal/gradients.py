@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import GradientMethod
+from mtbert.interfaces import GradientMethod, LoopContext
 from mtbert.structure import at_least
 
 
@@ -61,8 +61,8 @@ class RandomLossWeighting(GradientMethod):
         self.used: dict[str, float] = {}  # the weights applied since the last finish()
 
     def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
-              tasks: list[str]) -> None:
-        super().setup(shared, private, tasks)
+              tasks: list[str], context: LoopContext) -> None:
+        super().setup(shared, private, tasks, context)
         self.eps, self.used = None, {}
 
     def noise(self, count: int) -> Tensor:

@@ -1,4 +1,6 @@
-"""Per-task gradients of the shared parameters, for gradient surgery (PCGrad, GradVac).
+"""Per-task gradients of the shared parameters: the helper for gradient methods that need them.
+
+Built-in users: PCGrad and GradVac (plugins/gradients/).
 
 :class:`PerTaskGradients` keeps one flat float32 row per task, ``[T, P]`` for
 the P shared parameter values, and sums into it every micro-batch's gradient
@@ -33,7 +35,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from .interfaces import GradientMethod
+from ..interfaces import GradientMethod, LoopContext
 
 CHUNK = 1024  # block alignment in the flat vector (at most CHUNK - 1 zeros of padding per block)
 EPS = 1e-30  # guards divisions by squared norms and products of norms
@@ -85,7 +87,8 @@ class PerTaskGradients(GradientMethod):
 
     # -- the GradientMethod interface -------------------------------------------------
     def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
-              tasks: list[str]) -> None:
+              tasks: list[str], context: LoopContext | None = None) -> None:
+        self.context = context or LoopContext()
         keys = block_keys([name for name, _ in shared], self.options.granularity)
         members: dict[str, list[nn.Parameter]] = {}
         for key, (_, param) in zip(keys, shared):
@@ -137,7 +140,7 @@ class PerTaskGradients(GradientMethod):
         self.seen = set()
         if not present or self.size == 0:
             return {}
-        self.average([self.buffer])  # each task's gradient over every rank's shard (no-op in one process)
+        self.context.average([self.buffer])  # each task's gradient over every rank's shard (no-op in one process)
         G = self.buffer if len(present) == len(self.tasks) else rows(self.buffer, present)
         gram = self.block_gram(G)
         coef, fired = self.coefficients(gram, present)

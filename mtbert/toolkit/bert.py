@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .interfaces import Encoded, Encoder
+from ..errors import CheckpointError
+from ..interfaces import Encoded, Encoder
 
 
 @attrs.frozen
@@ -181,6 +181,24 @@ class MinBert(Encoder):
         (directory / "config.json").write_text(json.dumps(self.config.to_hf(), indent=2))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
+
+    def save_hf(self, directory: Path) -> str:
+        """Write the weights (Hugging Face names) and config.json of a plain ``BertModel``; returns
+        its model_type. Tensors without a BERT name (an unmerged adapter) are refused."""
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for name, tensor in self.state_dict().items():
+            try:
+                hf_name = ours_to_hf(name)
+            except KeyError:
+                raise CheckpointError(f"encoder tensor {name} has no Hugging Face BERT name; this encoder "
+                                      "holds more than a plain BERT and cannot be exported") from None
+            tensors[hf_name] = tensor.detach().to("cpu").contiguous()
+        save_file(tensors, str(Path(directory) / "model.safetensors"), metadata={"format": "pt"})
+        config = self.config.to_hf()
+        (Path(directory) / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return config["model_type"]
 
 
 # -- Hugging Face parameter names <-> ours ----------------------------------------------

@@ -1,0 +1,91 @@
+"""Everything the loop writes into the run directory, on the first process only.
+
+metrics.jsonl and the dev scalars at each evaluation; the best checkpoint
+(with the balancers' tensors), best.json and the dev predictions at each new
+best; the test predictions at the end; the training state for ``--resume``.
+Every write that can fail on a full disk fails as a :class:`WriteError`
+naming the directory and what was being written, with the previous version
+intact (see mtbert/atomic.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .checkpoint import load_weights, save_checkpoint
+from .evaluate import predict, write_predictions
+from .rundir import RunDir
+from .state import save_state
+
+log = logging.getLogger("mtbert")
+
+
+class NullWriter:
+    """What ranks other than the first write to TensorBoard: nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunWriter:
+    def __init__(self, run: RunDir, main: bool, purge_step: int | None = None):
+        self.run, self.main = run, main
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run.tb), purge_step=purge_step)
+        else:
+            self.tb = NullWriter()
+
+    def evaluation(self, record: dict, model, balancers: dict, tasks: dict, best_predictions: dict | None) -> None:
+        """One evaluation: its line and scalars; with ``best_predictions``, a new best to checkpoint."""
+        if not self.main:
+            return
+        self.run.append_metrics(record)
+        step = record["step"]
+        for task, values in record["tasks"].items():
+            for metric, value in values.items():
+                self.tb.add_scalar(f"dev/{task}/{metric}", value, step)
+        self.tb.add_scalar("dev/overall", record["overall"], step)
+        log.info("step %d (epoch %d): overall %.4f  %s", step, record["epoch"], record["overall"],
+                 "  ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in s.items())
+                           for t, s in record["tasks"].items()))
+        if best_predictions is None:
+            return
+        self.checkpoint(model, balancers, {"step": step, "epoch": record["epoch"], "overall": record["overall"]})
+        self.run.write_best(record)
+        for task, values in best_predictions.items():
+            parts = tasks[task]
+            write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
+                              values, parts.prediction_column)
+
+    def checkpoint(self, model, balancers: dict, meta: dict) -> None:
+        extra = {f"balancers.{key}.{name}": tensor for key, balancer in balancers.items()
+                 for name, tensor in balancer.state_dict().items() if hasattr(tensor, "shape")}
+        save_checkpoint(model, self.run.checkpoint, meta, extra)
+
+    def finish(self, model, balancers: dict, tasks: dict, scored: bool, meta: dict, batch_size: int, device,
+               pad_id: int, autocast) -> None:
+        """Test predictions from the best checkpoint (or the last weights when nothing was scored)."""
+        if not self.main:
+            return
+        if scored:
+            load_weights(model, self.run.checkpoint)
+        else:
+            self.checkpoint(model, balancers, meta)
+        for name, parts in tasks.items():
+            test = parts.splits.get("test")
+            if test is not None:
+                values = predict(model, name, test, batch_size, device, pad_id, autocast)
+                write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
+                                  parts.prediction_column)
+
+    def state(self, tree: dict) -> None:
+        if self.main:
+            save_state(self.run.state, tree)
+
+    def close(self) -> None:
+        self.tb.close()

@@ -1,0 +1,131 @@
+"""Balancers: uncertainty weighting's math, and how the core adopts a balancer's parameters."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtbert.build import make
+from mtbert.errors import SpecError
+from mtbert.hookspecs import hookimpl
+from mtbert.interfaces import GradientMethod, LoopContext, TaskInfo
+from mtbert.plugins import build_registry
+from mtbert.rundir import RunDir
+from mtbert.spec import structure_component, structure_spec, unstructure
+from mtbert.train import Trainer
+
+from helpers import toy_data, toy_spec
+
+
+def uncertainty(registry, **options):
+    balancer = make(registry, structure_component("balancers", {"name": "uncertainty", **options}, registry))
+    balancer.setup({"cls": TaskInfo(1.0, "multiclass"), "reg": TaskInfo(1.0, "regression")}, LoopContext())
+    return balancer
+
+
+def test_uncertainty_on_a_hand_computed_two_task_case(registry):
+    """Kendall et al.: exp(-s) L + s/2 (classification), 1/2 exp(-s) L + s/2 (regression)."""
+    b = uncertainty(registry)
+    with torch.no_grad():
+        b.log_vars["cls"].fill_(0.5)
+        b.log_vars["reg"].fill_(-1.0)
+    out = b.weigh({"cls": torch.tensor(2.0), "reg": torch.tensor(3.0)})
+    total = out["cls"] + out["reg"]
+    expected = math.exp(-0.5) * 2.0 + 0.25 + 0.5 * math.exp(1.0) * 3.0 - 0.5
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    total.backward()
+    # d/ds_cls = -exp(-s) L + 1/2;  d/ds_reg = -1/2 exp(-s) L + 1/2
+    assert b.log_vars["cls"].grad.item() == pytest.approx(-math.exp(-0.5) * 2.0 + 0.5, rel=1e-6)
+    assert b.log_vars["reg"].grad.item() == pytest.approx(-0.5 * math.exp(1.0) * 3.0 + 0.5, rel=1e-6)
+
+
+def test_uncertainty_simple_form_and_its_optimum(registry):
+    """exp(-s) L + s is smallest at s = log L: the learned variance is the loss itself."""
+    b = uncertainty(registry, form="simple", init=math.log(4.0))
+    loss = torch.tensor(4.0)
+    out = b.weigh({"cls": loss, "reg": loss})
+    assert out["reg"].item() == pytest.approx(1.0 + math.log(4.0), rel=1e-6)  # no 1/2 in this form
+    (out["cls"] + out["reg"]).backward()
+    assert b.log_vars["cls"].grad.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_task_weights_multiply_the_loss_term(registry):
+    b = make(registry, structure_component("balancers", "uncertainty", registry))
+    b.setup({"a": TaskInfo(3.0, "multiclass")}, LoopContext())
+    assert b.weigh({"a": torch.tensor(2.0)})["a"].item() == pytest.approx(6.0)
+    equal = make(registry, structure_component("balancers", "equal", registry))
+    equal.setup({"a": TaskInfo(3.0, "multiclass")}, LoopContext())
+    assert equal.weigh({"a": torch.tensor(2.0)})["a"].item() == pytest.approx(6.0)
+
+
+def spec_with(registry, tmp_path, **changes):
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=64), epochs=1, log_every=2))
+    train = changes.pop("train", {})
+    data.update(changes)
+    data["train"].update(train)
+    if "phases" in changes:
+        data["train"].pop("epochs")
+    return structure_spec(data, registry)
+
+
+def test_parameters_get_their_own_group_and_are_trained(registry, tmp_path):
+    spec = spec_with(registry, tmp_path, balancer={"name": "uncertainty", "lr": 0.05},
+                     sampler="all_tasks", gradient="pcgrad")
+    trainer = Trainer(spec, registry, progress=False)
+    parts = trainer.prepare_phase(trainer.phases[0])
+    (group,) = [g for g in parts.optimizer.param_groups if g["name"] == "balancer"]
+    balancer = trainer.balancers.get(spec.balancer)
+    assert group["lr"] == pytest.approx(0.05) and group["weight_decay"] == 0.0
+    assert {id(p) for p in group["params"]} == {id(p) for p in balancer.log_vars.values()}
+    trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
+    learned = {t: float(p.detach()) for t, p in balancer.log_vars.items()}
+    assert all(v != 0.0 for v in learned.values())  # trained by the run's optimizer, from init 0
+    saved = load_file(str(tmp_path / "run" / "checkpoint" / "balancers.safetensors"))
+    assert set(saved) == {"balancers.uncertainty.log_vars.sent", "balancers.uncertainty.log_vars.count"}
+
+
+def test_parameters_are_kept_across_phases(registry, tmp_path):
+    spec = spec_with(registry, tmp_path, balancer="uncertainty",
+                     phases=[{"name": "heads", "trainable": "heads", "steps": 3}, {"name": "all", "steps": 3}])
+    trainer = Trainer(spec, registry, progress=False)
+    seen = []
+    original = trainer.prepare_phase
+
+    def spy(phase, state=None):
+        parts = original(phase, state)
+        seen.append((parts.balancer, {t: float(p.detach()) for t, p in parts.balancer.log_vars.items()}))
+        return parts
+
+    trainer.prepare_phase = spy
+    trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
+    (first, at_first), (second, at_second) = seen
+    assert first is second  # one balancer for the run
+    assert at_first == {"sent": 0.0, "count": 0.0} and all(v != 0.0 for v in at_second.values())
+
+
+class NeedsWeights(GradientMethod):
+    """A gradient method that trains with a balancer's learnable weights (as GradNorm does)."""
+
+    requires = frozenset({"learnable_task_weights"})
+
+    def __init__(self, options):
+        pass
+
+    def backward(self, losses):
+        torch.stack(list(losses.values())).sum().backward()
+
+
+def test_components_that_need_one_another_are_checked_at_validation(tmp_path):
+    plugin = types.ModuleType("needs_weights")
+    plugin.register_gradient_methods = hookimpl(lambda register: register("needs_weights", NeedsWeights))
+    registry = build_registry(modules=[("needs_weights", plugin, "local")])
+    with pytest.raises(SpecError) as refused:
+        spec_with(registry, tmp_path, gradient="needs_weights")
+    assert "gradient: \"needs_weights\" needs \"learnable_task_weights\"" in str(refused.value)
+    assert "uncertainty" in str(refused.value)  # names a plugin that provides it
+    assert not (tmp_path / "runs").exists()
+    spec_with(registry, tmp_path, gradient="needs_weights", balancer="uncertainty")  # provided: accepted
