@@ -408,6 +408,8 @@ STEP_METHODS = {  # step/<method>: spec changes of an all-tasks step
     "sum": {},
     "pcgrad": {"gradient": "pcgrad"},
     "gradvac": {"gradient": "gradvac"},
+    "uncertainty": {"balancer": "uncertainty"},
+    "uncertainty_pcgrad": {"balancer": "uncertainty", "gradient": "pcgrad"},
     "smart": {"regularizers": [{"name": "smart", "bregman": False}]},
     "smart_bregman": {"regularizers": [{"name": "smart"}]},
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},

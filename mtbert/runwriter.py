@@ -10,14 +10,25 @@ intact (see mtbert/atomic.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from .checkpoint import load_weights, save_checkpoint
+from .errors import WriteError
 from .evaluate import predict, write_predictions
 from .rundir import RunDir
 from .state import save_state
 
 log = logging.getLogger("mtbert")
+
+
+@contextlib.contextmanager
+def writing(what: str, where):
+    """An OS error (a full disk) while writing ``what`` becomes a message naming ``where``."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(what, where, exc) from None
 
 
 class NullWriter:
@@ -44,7 +55,8 @@ class RunWriter:
         """One evaluation: its line and scalars; with ``best_predictions``, a new best to checkpoint."""
         if not self.main:
             return
-        self.run.append_metrics(record)
+        with writing("the evaluation's line", self.run.metrics):
+            self.run.append_metrics(record)
         step = record["step"]
         for task, values in record["tasks"].items():
             for metric, value in values.items():
@@ -56,11 +68,12 @@ class RunWriter:
         if best_predictions is None:
             return
         self.checkpoint(model, balancers, {"step": step, "epoch": record["epoch"], "overall": record["overall"]})
-        self.run.write_best(record)
-        for task, values in best_predictions.items():
-            parts = tasks[task]
-            write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
-                              values, parts.prediction_column)
+        with writing("the best evaluation and its dev predictions", self.run.path):
+            self.run.write_best(record)
+            for task, values in best_predictions.items():
+                parts = tasks[task]
+                write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
+                                  values, parts.prediction_column)
 
     def checkpoint(self, model, balancers: dict, meta: dict) -> None:
         extra = {f"balancers.{key}.{name}": tensor for key, balancer in balancers.items()
@@ -80,8 +93,9 @@ class RunWriter:
             test = parts.splits.get("test")
             if test is not None:
                 values = predict(model, name, test, batch_size, device, pad_id, autocast)
-                write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
-                                  parts.prediction_column)
+                with writing("the test predictions", self.run.predictions):
+                    write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
+                                      parts.prediction_column)
 
     def state(self, tree: dict) -> None:
         if self.main:

@@ -180,16 +180,15 @@ class Trainer:
         """Build the phase's parts; from ``state`` (after they were set up), restore them."""
         self.parts = parts = build_phase(self.spec, self.registry, self.model, phase, self.streams,
                                          self.balancers, self.context)
-        if state is None:
-            self.counters.start_phase(parts.phase.index)
-        else:
-            self._restore(state)
         self.model.zero_grad(set_to_none=True)
         self.grad_stats = {}
         self.meter.restart()
         if state is None:
+            self.counters.start_phase(parts.phase.index)
             self.evaluator.new_phase()
             self.health.reset()
+        else:
+            self._restore(state)  # last: the RNG state is set for the very next step
         log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%s params)%s",
                  parts.phase.name if len(self.phases) > 1 else self.spec.name, self.device, parts.epochs,
                  parts.total, ", ".join(parts.phase.tasks), parts.phase.sampler.name, parts.phase.trainable,

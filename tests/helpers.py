@@ -107,6 +107,9 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad"},
     "gradvac": {"sampler": "all_tasks", "gradient": "gradvac"},
     "uncertainty_pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": "uncertainty"},
+    "dwa": {"sampler": "all_tasks", "balancer": "dwa"},
+    "rlw": {"sampler": "all_tasks", "balancer": "rlw"},
+    "gls_pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": "gls"},
     "smart": {"regularizers": [{"name": "smart"}]},
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
 }

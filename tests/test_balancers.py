@@ -129,3 +129,89 @@ def test_components_that_need_one_another_are_checked_at_validation(tmp_path):
     assert "uncertainty" in str(refused.value)  # names a plugin that provides it
     assert not (tmp_path / "runs").exists()
     spec_with(registry, tmp_path, gradient="needs_weights", balancer="uncertainty")  # provided: accepted
+
+
+# -- the balancers of the multitask-optimization family (issue 13) ----------------------------------
+
+def built(registry, name, tasks=("a", "b"), weights=None, **options):
+    b = make(registry, structure_component("balancers", {"name": name, **options}, registry))
+    weights = weights or [1.0] * len(tasks)
+    b.setup({t: TaskInfo(w, "multiclass") for t, w in zip(tasks, weights)}, LoopContext())
+    return b
+
+
+def values(out):
+    return {t: float(v.detach()) for t, v in out.items()}
+
+
+def test_dwa_equal_for_two_epochs_then_the_formula(registry):
+    b = built(registry, "dwa")
+    one = {"a": torch.tensor(1.0), "b": torch.tensor(1.0)}
+    assert values(b.weigh(one)) == {"a": 1.0, "b": 1.0}
+    b.epoch_end(1, {"a": torch.tensor(2.0), "b": torch.tensor(4.0)})
+    assert values(b.weigh(one)) == {"a": 1.0, "b": 1.0}  # one epoch: no ratio yet
+    b.epoch_end(2, {"a": torch.tensor(1.0), "b": torch.tensor(3.0)})
+    r_a, r_b = 1.0 / 2.0, 3.0 / 4.0  # L(e-1) / L(e-2)
+    w_a = 2 * math.exp(r_a / 2) / (math.exp(r_a / 2) + math.exp(r_b / 2))
+    got = values(b.weigh(one))
+    assert got["a"] == pytest.approx(w_a, rel=1e-6) and got["b"] == pytest.approx(2 - w_a, rel=1e-6)
+    assert got["b"] > got["a"]  # the task whose loss fell less gets more weight
+    b.epoch_end(3, {"a": torch.tensor(0.5), "b": torch.tensor(3.0)})  # ratios of epochs 2 and 3 now
+    r_a, r_b = 0.5 / 1.0, 3.0 / 3.0
+    w_a = 2 * math.exp(r_a / 2) / (math.exp(r_a / 2) + math.exp(r_b / 2))
+    assert values(b.weigh(one))["a"] == pytest.approx(w_a, rel=1e-6)
+
+
+def test_dwa_state_round_trips(registry):
+    b = built(registry, "dwa")
+    for epoch, (la, lb) in enumerate([(2.0, 4.0), (1.0, 3.0)], 1):
+        b.epoch_end(epoch, {"a": torch.tensor(la), "b": torch.tensor(lb)})
+    fresh = built(registry, "dwa")
+    fresh.load_state_dict(b.state_dict())
+    one = {"a": torch.tensor(1.0), "b": torch.tensor(1.0)}
+    assert values(fresh.weigh(one)) == values(b.weigh(one))
+
+
+def test_gls_is_the_geometric_mean_with_its_gradient(registry):
+    b = built(registry, "gls", tasks=("a", "b", "c"))
+    losses = {t: torch.tensor(v, requires_grad=True) for t, v in (("a", 2.0), ("b", 8.0), ("c", 0.5))}
+    total = sum(b.weigh(losses).values())
+    mean = (2.0 * 8.0 * 0.5) ** (1 / 3)
+    assert total.item() == pytest.approx(mean, rel=1e-6)
+    total.backward()
+    for t, v in (("a", 2.0), ("b", 8.0), ("c", 0.5)):
+        assert losses[t].grad.item() == pytest.approx(mean / (3 * v), rel=1e-6)  # d/dL_t of the mean
+
+
+def test_gls_spec_weights_are_exponents(registry):
+    b = built(registry, "gls", weights=[3.0, 1.0])
+    out = b.weigh({"a": torch.tensor(2.0), "b": torch.tensor(8.0)})
+    assert sum(out.values()).item() == pytest.approx(2.0 ** 0.75 * 8.0 ** 0.25, rel=1e-6)
+
+
+def test_rlw_softmax_of_seeded_normal_draws_once_per_step(registry):
+    b = built(registry, "rlw", tasks=("a", "b", "c"), seed=5)
+    z = torch.randn(3, generator=torch.Generator().manual_seed(5))
+    expected = torch.softmax(z, dim=0)
+    ones = {t: torch.tensor(1.0) for t in "abc"}
+    first = values(b.weigh(ones))
+    assert list(first.values()) == pytest.approx(expected.tolist(), rel=1e-6)
+    assert values(b.weigh(ones)) == first  # a second micro-batch of the same step: same draw
+    assert values(b.weigh({"a": torch.tensor(1.0), "c": torch.tensor(1.0)}))["a"] == pytest.approx(
+        float(torch.softmax(z[[0, 2]], dim=0)[0]), rel=1e-6)  # some tasks: softmax over those
+    b.step_end({})
+    assert values(b.weigh(ones)) != first  # the next step draws anew
+    tasks_total = built(registry, "rlw", tasks=("a", "b", "c"), seed=5, total="tasks")
+    assert sum(values(tasks_total.weigh(ones)).values()) == pytest.approx(3.0, rel=1e-6)
+
+
+def test_rlw_resumes_its_draws(registry):
+    b = built(registry, "rlw", seed=1)
+    ones = {"a": torch.tensor(1.0), "b": torch.tensor(1.0)}
+    b.weigh(ones)
+    b.step_end({})
+    saved = b.state_dict()
+    expected = values(b.weigh(ones))
+    fresh = built(registry, "rlw", seed=1)
+    fresh.load_state_dict(saved)
+    assert values(fresh.weigh(ones)) == expected
