@@ -110,6 +110,7 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "dwa": {"sampler": "all_tasks", "balancer": "dwa"},
     "rlw": {"sampler": "all_tasks", "balancer": "rlw"},
     "gls_pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": "gls"},
+    "famo": {"sampler": "all_tasks", "balancer": "famo"},
     "smart": {"regularizers": [{"name": "smart"}]},
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
 }

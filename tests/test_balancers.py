@@ -215,3 +215,44 @@ def test_rlw_resumes_its_draws(registry):
     fresh = built(registry, "rlw", seed=1)
     fresh.load_state_dict(saved)
     assert values(fresh.weigh(ones)) == expected
+
+
+def test_famo_weights_are_the_inverse_loss_convex_combination(registry):
+    b = built(registry, "famo")
+    losses = {"a": torch.tensor(2.0, requires_grad=True), "b": torch.tensor(4.0, requires_grad=True)}
+    sum(b.weigh(losses).values()).backward()
+    # z = (1/2, 1/2), c = 1/2 / 2 + 1/2 / 4 = 3/8: coefficients z_t / (c L_t) = 2/3 and 1/3
+    assert losses["a"].grad.item() == pytest.approx(2 / 3, rel=1e-5)
+    assert losses["b"].grad.item() == pytest.approx(1 / 3, rel=1e-5)
+
+
+def test_famo_logits_follow_adam_on_the_softmax_jacobian(registry):
+    """The logits' update against torch's Adam (weight decay gamma) on autograd's J^T delta."""
+    b = built(registry, "famo", tasks=("a", "b", "c"))
+    oracle = torch.zeros(3, requires_grad=True)
+    adam = torch.optim.Adam([oracle], lr=0.025, weight_decay=0.01)
+    history = [(2.0, 4.0, 1.0), (1.0, 4.0, 0.9), (0.8, 3.0, 0.9), (0.7, 3.1, 0.5)]
+    previous = None
+    for step in history:
+        now = torch.tensor(step)
+        b.step_end(dict(zip("abc", now)))
+        delta = torch.zeros(3) if previous is None else torch.log(previous + 1e-8) - torch.log(now + 1e-8)
+        adam.zero_grad()
+        oracle.grad = torch.autograd.grad(torch.softmax(oracle, 0), oracle, grad_outputs=delta)[0]
+        adam.step()
+        previous = now
+        assert torch.allclose(b.logits, oracle.detach(), rtol=1e-5, atol=1e-7), (b.logits, oracle)
+    z = torch.softmax(b.logits, 0)
+    assert z[1] > z[0]  # b's loss fell least (4 -> 3.1, a: 2 -> 0.7): its weight grew
+
+
+def test_famo_state_round_trips(registry):
+    b = built(registry, "famo")
+    for step in [(2.0, 4.0), (1.0, 4.0)]:
+        b.step_end(dict(zip("ab", torch.tensor(step))))
+    fresh = built(registry, "famo")
+    fresh.load_state_dict(b.state_dict())
+    assert fresh.adam_steps == 2 and torch.equal(fresh.logits, b.logits)
+    fresh.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
+    b.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
+    assert torch.equal(fresh.logits, b.logits)

@@ -91,7 +91,7 @@ def test_resume_with_gradient_surgery_smart_and_phases(registry, tmp_path):
     assert_same_run(tmp_path / "whole", tmp_path / "resumed")
 
 
-@pytest.mark.parametrize("balancer", ["uncertainty", "dwa", "rlw", "gls"])
+@pytest.mark.parametrize("balancer", ["uncertainty", "dwa", "rlw", "gls", "famo"])
 def test_resume_with_each_balancer(registry, tmp_path, balancer):
     """Interrupted mid-epoch 2 (6 steps an epoch): DWA's epoch-loss sums so far, RLW's generator and
     the log variances must all come back for epoch 3's weights to match."""

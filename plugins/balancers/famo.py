@@ -1,0 +1,114 @@
+"""famo: Fast Adaptive Multitask Optimization, Liu, Feng, Stone & Liu (2023), NeurIPS
+(arXiv:2306.03792), Algorithm 1.
+
+Task logits xi (T numbers, starting at 0) give z = softmax(xi). With
+D_t = L_t - L_t_min + eps (L_t_min = 0: the losses here are non-negative),
+the step trains on
+
+    sum_t z_t log(D_t) / c,      c = sum_t z_t / D_t   (detached),
+
+whose gradient is sum_t (z_t / (c D_t)) grad L_t: a convex combination of
+the task gradients, scaled by each task's inverse loss, so that every task's
+log-loss decreases at the same rate. After an update, with delta_t = log
+D_t(before) - log D_t(after) the decrease of each task's log-loss, the
+logits move by one Adam step (lr 0.025, the official code's) on the
+gradient J^T delta of softmax at xi (J = diag(z) - z z^T), plus weight decay
+gamma xi. gamma = 0.01, the official code's default: it pulls the logits
+back toward equal weights, so a task's weight does not stay high after its
+loss caught up.
+
+The loss "after the update" (our approximation, stated): the paper
+evaluates the losses of the same batch again after the step, one extra
+forward per task per step. We use the next step's losses instead (a fresh
+batch, measured anyway), so FAMO costs no extra forward: O(T) scalar work
+per step, independent of the model. The decrease is then measured across two
+batches, which adds noise to delta but not bias (both are samples of the
+same expected loss). Losses are averaged across processes before the update
+(one all-reduce of T numbers per step), so every rank moves the logits
+alike. The logits and Adam's moments are buffers (this is not a gradient of
+the training loss, so they are not parameters of the run's optimizer),
+saved in the state and the checkpoint and restored by ``--resume``. Spec
+weights multiply each task's term.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from mtbert.hookspecs import hookimpl
+from mtbert.interfaces import Balancer, LoopContext, TaskInfo
+from mtbert.structure import at_least, greater_than
+
+EPS = 1e-8  # the official code's, in D_t = L_t - L_t_min + eps
+
+
+@attrs.frozen
+class FamoOptions:
+    lr: float = attrs.field(default=0.025, validator=greater_than(0.0))  # of the logits (Adam)
+    gamma: float = attrs.field(default=0.01, validator=at_least(0.0))  # weight decay of the logits
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's, torch's defaults as in the official code
+
+
+class Famo(Balancer):
+    """FAMO: task logits moved so that every task's log-loss falls at the same rate."""
+
+    def __init__(self, options: FamoOptions):
+        super().__init__(options)
+        self.adam_steps = 0  # Adam's step count (bias correction); host-side, saved as extra state
+
+    def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
+        super().setup(tasks, context)
+        self.names = list(tasks)
+        count, device = len(self.names), context.device
+        for name in ("logits", "first_moment", "second_moment", "previous"):
+            self.register_buffer(name, torch.zeros(count, device=device))
+        self.register_buffer("has_previous", torch.zeros(count, dtype=torch.bool, device=device))
+        self.register_buffer("spec_weights", torch.tensor([i.weight for i in tasks.values()], device=device))
+
+    def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        idx = [self.names.index(t) for t in losses]
+        z = torch.softmax(torch.stack([self.logits[i] for i in idx]), dim=0)
+        gaps = torch.stack([losses[t].detach().float() for t in losses]) + EPS
+        c = (z / gaps).sum()
+        return {t: (z[k] * self.spec_weights[i] / c) * torch.log(losses[t].float() + EPS)
+                for k, (t, i) in enumerate(zip(losses, idx))}
+
+    def step_end(self, losses: dict[str, Tensor]) -> None:
+        idx = [self.names.index(t) for t in losses]
+        now = torch.stack([losses[t].float() for t in losses])
+        self.context.average([now])  # every rank moves the logits alike
+        index = torch.tensor(idx, device="cpu")
+        if self.context.device.type == "cuda":
+            index = index.pin_memory()
+        index = index.to(self.context.device, non_blocking=True)
+        before, seen = self.previous[index], self.has_previous[index]
+        delta = torch.where(seen, torch.log(before + EPS) - torch.log(now + EPS), 0.0)
+        full = torch.zeros_like(self.logits).index_put((index,), delta)
+        z = torch.softmax(self.logits, dim=0)
+        grad = z * (full - (z * full).sum()) + self.options.gamma * self.logits  # J^T delta + weight decay
+        self.adam_steps += 1
+        beta1, beta2 = self.options.betas
+        self.first_moment.mul_(beta1).add_(grad, alpha=1 - beta1)
+        self.second_moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        corrected = self.first_moment / (1 - beta1 ** self.adam_steps)
+        scale = (self.second_moment / (1 - beta2 ** self.adam_steps)).sqrt() + 1e-8
+        self.logits.sub_(self.options.lr * corrected / scale)
+        self.previous.index_copy_(0, index, now)
+        self.has_previous.index_fill_(0, index, True)
+
+    def get_extra_state(self) -> dict:
+        return {"adam_steps": self.adam_steps}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.adam_steps = state["adam_steps"]
+
+    def stats(self) -> dict[str, Tensor]:
+        z = torch.softmax(self.logits, dim=0)
+        return {f"weight/{t}": z[i] for i, t in enumerate(self.names)}
+
+
+@hookimpl
+def register_balancers(register):
+    register("famo", Famo, config=FamoOptions)
