@@ -111,6 +111,8 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "rlw": {"sampler": "all_tasks", "balancer": "rlw"},
     "gls_pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": "gls"},
     "famo": {"sampler": "all_tasks", "balancer": "famo"},
+    "mgda": {"sampler": "all_tasks", "gradient": {"name": "mgda", "normalization": "loss+"}},
+    "imtl_layer": {"sampler": "all_tasks", "gradient": {"name": "imtl", "granularity": "layer"}},
     "smart": {"regularizers": [{"name": "smart"}]},
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
 }

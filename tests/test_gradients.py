@@ -15,6 +15,7 @@ from torch import nn
 
 from mtbert.build import make
 from mtbert.errors import SpecError
+from mtbert.interfaces import LoopContext
 from mtbert.toolkit.pertask import CHUNK, block_keys
 from mtbert.rundir import RunDir
 from mtbert.spec import structure_component, structure_spec
@@ -419,7 +420,7 @@ def test_accumulation_with_a_task_missing_from_one_micro_batch(registry):
     close(shared[0][1].grad, [0.5, 1.5])
 
 
-@pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", "mgda", "imtl"])
 def test_bf16_autocast_matches_fp32(registry, name):
     model = Tiny()
     xs = {"a": torch.randn(16, 3), "b": torch.randn(16, 3)}
@@ -428,7 +429,7 @@ def test_bf16_autocast_matches_fp32(registry, name):
     for bf16 in (False, True):
         model.zero_grad(set_to_none=True)
         m = method(registry, name, granularity="tensor")
-        m.setup(model.shared(), list(model.heads.parameters()), ["a", "b"])
+        m.setup(model.shared(), list(model.heads.parameters()), ["a", "b"], LoopContext())
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             losses = model.losses(xs, signs)
             assert (model.encoder(xs["a"]).dtype == torch.bfloat16) == bf16
@@ -482,17 +483,19 @@ def test_one_task_per_step_sampler_is_refused(registry, tmp_path, name):
     assert any(path == "gradient" for path, _ in error.value.problems)
 
 
-@pytest.mark.parametrize("gradient", ["pcgrad", {"name": "gradvac", "granularity": "layer"}],
-                         ids=["pcgrad", "gradvac-layer"])
+@pytest.mark.parametrize("gradient", ["pcgrad", {"name": "gradvac", "granularity": "layer"}, "mgda", "imtl"],
+                         ids=["pcgrad", "gradvac-layer", "mgda", "imtl"])
 def test_trains_two_steps_on_the_tiny_encoder(registry, tmp_path, gradient):
     spec = structure_spec(spec_data(toy_data(tmp_path / "data"), gradient, "all_tasks"), registry)
     trainer = Trainer(spec, registry, progress=False)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     assert trainer.step == 2
-    assert set(trainer.grad_stats) == {"cos/sent~count", "fired"}
+    statistic = trainer.parts.gradient.statistic  # "fired" for surgery, "max_weight" for MGDA / IMTL-G
+    assert set(trainer.grad_stats) == {"cos/sent~count", statistic}
     assert -1.0 <= float(trainer.grad_stats["cos/sent~count"]) <= 1.0
-    assert 0.0 <= float(trainer.grad_stats["fired"]) <= 1.0
+    value = float(trainer.grad_stats[statistic])
+    assert 0.0 <= value <= 1.0 if statistic == "fired" else math.isfinite(value)
     after = dict(trainer.model.named_parameters())
     for name in ("encoder.layers.0.ffn_in.weight", *(n for n in before if n.startswith("heads."))):
         assert not torch.equal(before[name], after[name]), name

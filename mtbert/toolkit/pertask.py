@@ -80,6 +80,8 @@ class PerTaskGradients(GradientMethod):
     the other tasks that each task is adjusted against)."""
 
     needs_all_tasks = True
+    # the name under which the second value ``coefficients`` returns is logged (gradient/<name>)
+    statistic = "fired"
 
     def __init__(self, options):
         self.options = options
@@ -153,7 +155,7 @@ class PerTaskGradients(GradientMethod):
                 param.grad.add_(g)
         self.buffer.zero_()
         stats = self.cosines(gram.sum(0), [self.tasks[t] for t in present])
-        stats["fired"] = fired
+        stats[self.statistic] = fired
         return stats
     def state_dict(self) -> dict:
         """What a resumed run needs: the order generator (and a subclass's running state)."""
