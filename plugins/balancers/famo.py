@@ -7,7 +7,8 @@ the step trains on
 
     sum_t z_t log(D_t) / c,      c = sum_t z_t / D_t   (detached),
 
-whose gradient is sum_t (z_t / (c D_t)) grad L_t: a convex combination of
+whose gradient is sum_t (z_t / (c D_t)) grad L_t (the loop trains on these
+detached coefficients times L_t: the same gradient): a convex combination of
 the task gradients, scaled by each task's inverse loss, so that every task's
 log-loss decreases at the same rate. After an update, with delta_t = log
 D_t(before) - log D_t(after) the decrease of each task's log-loss, the
@@ -70,10 +71,14 @@ class Famo(Balancer):
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         idx = [self.names.index(t) for t in losses]
         z = torch.softmax(torch.stack([self.logits[i] for i in idx]), dim=0)
-        gaps = torch.stack([losses[t].detach().float() for t in losses]) + EPS
+        gaps = torch.stack([losses[t].detach().float() for t in losses])
+        self.context.average([gaps])  # the global batch's losses (no-op in one process)
+        gaps = gaps + EPS
         c = (z / gaps).sum()
-        return {t: (z[k] * self.spec_weights[i] / c) * torch.log(losses[t].float() + EPS)
-                for k, (t, i) in enumerate(zip(losses, idx))}
+        # the gradient of sum_t z_t log(D_t) / c is sum_t z_t / (c D_t) grad L_t: written with detached
+        # coefficients so that, under torchrun, every shard's gradient uses the global batch's D_t
+        coefficients = z / (c * gaps)
+        return {t: losses[t] * (coefficients[k] * self.spec_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
 
     def step_end(self, losses: dict[str, Tensor]) -> None:
         idx = [self.names.index(t) for t in losses]
