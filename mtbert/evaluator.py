@@ -26,8 +26,9 @@ class Evaluator:
         self.evaluated_at = -1  # the step of the last evaluation
         self.started = time.perf_counter()
 
-    def has_dev(self) -> bool:
-        return any("dev" in parts.splits for parts in self.tasks.values())
+    def predict(self, model, task: str, split):
+        """The model's predictions of ``task`` on ``split``, as evaluation makes them."""
+        return predict(model, task, split, self.batch_size, self.device, self.pad_id, self.autocast)
 
     def evaluate(self, model, step: int, epoch: int, phase: str | None) -> Evaluation | None:
         """Score every dev split at ``step``; None when no task has one."""
@@ -37,7 +38,7 @@ class Evaluator:
             dev = parts.splits.get("dev")
             if dev is None:
                 continue
-            predictions[name] = predict(model, name, dev, self.batch_size, self.device, self.pad_id, self.autocast)
+            predictions[name] = self.predict(model, name, dev)
             scores[name] = score(parts, predictions[name], dev.labels)
         if not scores:
             return None

@@ -47,7 +47,7 @@ def check_out(out: Path) -> None:
 
 def export(run_dir: str | Path, out: str | Path, registry=None) -> Exported:
     """Write the encoder of the run at ``run_dir`` into ``out`` in Hugging Face format."""
-    from .finished import open_run
+    from .finished import open_run, with_model
     from .validation import export_problem
 
     out = Path(out)
@@ -56,7 +56,7 @@ def export(run_dir: str | Path, out: str | Path, registry=None) -> Exported:
     problem = export_problem(opened.spec, opened.registry)
     if problem:
         raise MtbertError(problem)
-    model = open_run(run_dir, opened.registry).model
+    model = with_model(opened).model
     encoder = model.encoder
     notes = [module.merge(encoder) for module in model.adapters]  # each mergeable: folds into the weights
     out.parent.mkdir(parents=True, exist_ok=True)

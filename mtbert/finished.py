@@ -29,17 +29,22 @@ class FinishedRun:
 def open_run(run_dir: str | Path, registry: Registry | None = None, device: str = "cpu",
              weights: bool = True) -> FinishedRun:
     """The run at ``run_dir``; with ``weights``, its best checkpoint rebuilt in eval mode on ``device``."""
-    from .build import build_model
-    from .checkpoint import WEIGHTS, find_checkpoint, load_weights
     from .plugins import default_registry
 
     run = RunDir(Path(run_dir))
     if not run.spec.is_file():
         raise MtbertError(f"{run.path} is not an mtbert run directory (no spec.toml)")
     registry = registry or default_registry()
-    spec = load_spec(run.spec, registry, env={}, check_files=False)
-    if not weights:
-        return FinishedRun(run, spec, registry, None)
+    opened = FinishedRun(run, load_spec(run.spec, registry, env={}, check_files=False), registry, None)
+    return with_model(opened, device) if weights else opened
+
+
+def with_model(opened: FinishedRun, device: str = "cpu") -> FinishedRun:
+    """``opened`` with its best checkpoint rebuilt in eval mode on ``device``."""
+    from .build import build_model
+    from .checkpoint import WEIGHTS, find_checkpoint, load_weights
+
+    run, spec, registry = opened.run, opened.spec, opened.registry
     if find_checkpoint(run.path) != run.checkpoint:
         raise CheckpointError(f"{run.path} has no checkpoint yet ({run.checkpoint / WEIGHTS}): "
                               "the run has not saved a model (let it reach an evaluation)")

@@ -9,6 +9,7 @@ See docs/plugins.md for the same contract with examples.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Iterator, NamedTuple
 
@@ -213,8 +214,6 @@ class LoopContext:
         """The step's autocast context (bf16 or none), for a component's own forwards."""
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        import contextlib
-
         return contextlib.nullcontext()
 
 
@@ -261,8 +260,12 @@ class Balancer(nn.Module):
         self.context = LoopContext()
 
     def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
-        """Once per run, with every training task (a phase may train a subset)."""
+        """Once per run, with every training task (a phase may train a subset). Keeps ``tasks``,
+        ``context``, ``names`` (the tasks in a fixed order: position i of a per-task tensor) and
+        ``task_weights`` (their spec weights on the device, in that order; derived, so not saved)."""
         self.tasks, self.context = dict(tasks), context
+        self.names = list(tasks)
+        self.task_weights = torch.tensor([info.weight for info in tasks.values()], device=context.device)
 
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError

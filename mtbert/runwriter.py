@@ -15,7 +15,7 @@ import logging
 
 from .checkpoint import load_weights, save_checkpoint
 from .errors import WriteError
-from .evaluate import predict, write_predictions
+from .evaluate import write_predictions
 from .rundir import RunDir
 from .state import save_state
 
@@ -80,19 +80,18 @@ class RunWriter:
                  for name, tensor in balancer.state_dict().items() if hasattr(tensor, "shape")}
         save_checkpoint(model, self.run.checkpoint, meta, extra)
 
-    def finish(self, model, balancers: dict, tasks: dict, scored: bool, meta: dict, batch_size: int, device,
-               pad_id: int, autocast) -> None:
+    def finish(self, model, balancers: dict, evaluator, meta: dict) -> None:
         """Test predictions from the best checkpoint (or the last weights when nothing was scored)."""
         if not self.main:
             return
-        if scored:
+        if evaluator.best is not None:
             load_weights(model, self.run.checkpoint)
         else:
             self.checkpoint(model, balancers, meta)
-        for name, parts in tasks.items():
+        for name, parts in evaluator.tasks.items():
             test = parts.splits.get("test")
             if test is not None:
-                values = predict(model, name, test, batch_size, device, pad_id, autocast)
+                values = evaluator.predict(model, name, test)
                 with writing("the test predictions", self.run.predictions):
                     write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
                                       parts.prediction_column)

@@ -167,9 +167,8 @@ class Trainer:
         self._save_state()
         if self.evaluator.evaluated_at != self.step:
             self._evaluate()
-        self.writer.finish(self.model, self.balancers.modules, self.tasks, self.evaluator.best is not None,
-                           {"step": self.step, "epoch": self.counters.epoch}, self.spec.train.eval_batch_size,
-                           self.device, self.pad_id, self.autocast)
+        self.writer.finish(self.model, self.balancers.modules, self.evaluator,
+                           {"step": self.step, "epoch": self.counters.epoch})
         self.counters.finished = True
         self._save_state()
         self.writer.close()

@@ -41,7 +41,6 @@ class Dwa(Balancer):
 
     def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
         super().setup(tasks, context)
-        self.names = list(tasks)
         count = len(self.names)
         # history[0]: epoch e - 2, history[1]: epoch e - 1; `seen` epochs so far (up to 2)
         self.register_buffer("history", torch.zeros(2, count, device=context.device))
@@ -49,7 +48,8 @@ class Dwa(Balancer):
         self.register_buffer("weights", torch.ones(count, device=context.device))
 
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {t: loss * (self.weights[self.names.index(t)] * self.tasks[t].weight) for t, loss in losses.items()}
+        weights = self.weights * self.task_weights
+        return {t: loss * weights[self.names.index(t)] for t, loss in losses.items()}
 
     def epoch_end(self, epoch: int, losses: dict[str, Tensor]) -> None:
         latest = self.history[1].clone()

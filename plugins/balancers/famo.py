@@ -58,15 +58,14 @@ class Famo(Balancer):
     def __init__(self, options: FamoOptions):
         super().__init__(options)
         self.adam_steps = 0  # Adam's step count (bias correction); host-side, saved as extra state
+        self.indices: dict[tuple[int, ...], Tensor] = {}  # task positions -> their index tensor
 
     def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
         super().setup(tasks, context)
-        self.names = list(tasks)
         count, device = len(self.names), context.device
         for name in ("logits", "first_moment", "second_moment", "previous"):
             self.register_buffer(name, torch.zeros(count, device=device))
         self.register_buffer("has_previous", torch.zeros(count, dtype=torch.bool, device=device))
-        self.register_buffer("spec_weights", torch.tensor([i.weight for i in tasks.values()], device=device))
 
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         idx = [self.names.index(t) for t in losses]
@@ -78,16 +77,13 @@ class Famo(Balancer):
         # the gradient of sum_t z_t log(D_t) / c is sum_t z_t / (c D_t) grad L_t: written with detached
         # coefficients so that, under torchrun, every shard's gradient uses the global batch's D_t
         coefficients = z / (c * gaps)
-        return {t: losses[t] * (coefficients[k] * self.spec_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
+        return {t: losses[t] * (coefficients[k] * self.task_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
 
     def step_end(self, losses: dict[str, Tensor]) -> None:
         idx = [self.names.index(t) for t in losses]
         now = torch.stack([losses[t].float() for t in losses])
         self.context.average([now])  # every rank moves the logits alike
-        index = torch.tensor(idx, device="cpu")
-        if self.context.device.type == "cuda":
-            index = index.pin_memory()
-        index = index.to(self.context.device, non_blocking=True)
+        index = self.index_of(tuple(idx))
         before, seen = self.previous[index], self.has_previous[index]
         delta = torch.where(seen, torch.log(before + EPS) - torch.log(now + EPS), 0.0)
         full = torch.zeros_like(self.logits).index_put((index,), delta)
@@ -102,6 +98,12 @@ class Famo(Balancer):
         self.logits.sub_(self.options.lr * corrected / scale)
         self.previous.index_copy_(0, index, now)
         self.has_previous.index_fill_(0, index, True)
+
+    def index_of(self, positions: tuple[int, ...]) -> Tensor:
+        """The step's task positions as a device tensor, made once per set of tasks (no copy per step)."""
+        if positions not in self.indices:
+            self.indices[positions] = torch.tensor(positions, device=self.context.device)
+        return self.indices[positions]
 
     def get_extra_state(self) -> dict:
         return {"adam_steps": self.adam_steps}

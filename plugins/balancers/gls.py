@@ -28,24 +28,18 @@ import torch
 from torch import Tensor
 
 from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Balancer, LoopContext, TaskInfo
+from mtbert.interfaces import Balancer
 
 
 class Gls(Balancer):
     """Geometric loss strategy: the step trains on the geometric mean of its task losses."""
-
-    def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
-        super().setup(tasks, context)
-        self.names = list(tasks)
-        # on the device once: a step indexes it, it never copies from the host
-        self.register_buffer("spec_weights", torch.tensor([i.weight for i in tasks.values()], device=context.device))
 
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         names = list(losses)
         values = torch.stack([losses[t].detach().float() for t in names])
         self.context.average([values])  # the global batch's losses (no-op in one process)
         values = values.clamp_min(1e-12)
-        exponents = torch.stack([self.spec_weights[self.names.index(t)] for t in names])
+        exponents = torch.stack([self.task_weights[self.names.index(t)] for t in names])
         exponents = exponents / exponents.sum()
         mean = torch.exp((exponents * values.log()).sum())
         weights = mean * exponents / values  # dL/dL_t

@@ -45,8 +45,6 @@ class Rlw(Balancer):
 
     def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
         super().setup(tasks, context)
-        self.names = list(tasks)
-        self.register_buffer("spec_weights", torch.tensor([i.weight for i in tasks.values()], device=context.device))
         self.last = torch.zeros(len(self.names), device=context.device)  # the last step's weights, to log
 
     def _draw(self) -> Tensor:
@@ -64,7 +62,7 @@ class Rlw(Balancer):
             w = w * len(idx)
         for k, i in enumerate(idx):
             self.last[i] = w[k]
-        return {t: losses[t] * (w[k] * self.spec_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
+        return {t: losses[t] * (w[k] * self.task_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
 
     def step_end(self, losses: dict[str, Tensor]) -> None:
         self.draw = None  # the next step draws anew

@@ -29,7 +29,6 @@ class InitialLoss(Balancer):
 
     def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
         super().setup(tasks, context)
-        self.names = list(tasks)
         # 0 marks "not measured yet": a task first seen in a later step (another phase) is measured then
         self.register_buffer("initial", torch.zeros(len(self.names), device=context.device))
 
