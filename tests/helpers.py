@@ -130,3 +130,31 @@ def step_round(trainer):
             trainer._train_step(names)
             trainer._update()
     return run, len(step_tasks)
+
+
+def gradient_method(registry, name, **options):
+    """A gradient method built from spec options, as the loop builds it."""
+    from mtbert.build import make
+    from mtbert.spec import structure_component
+    return make(registry, structure_component("gradient_methods", {"name": name, **options}, registry))
+
+
+def aggregate(method, grads, losses=None):
+    """The method's update of one flat shared parameter for task gradients ``grads`` [T, P];
+    ``losses``: the tasks' loss values (default 1 each), for methods that read them. Each call
+    is one optimizer step: the first sets the method up, later ones keep its state."""
+    import torch
+    from torch import nn
+    from mtbert.interfaces import LoopContext
+    tasks = [f"t{i}" for i in range(len(grads))]
+    if not hasattr(method, "test_parameter"):
+        method.test_parameter = nn.Parameter(torch.zeros(grads.shape[1], dtype=grads.dtype))
+        method.setup([("encoder.w", method.test_parameter)], [], tasks, LoopContext())
+    param = method.test_parameter
+    param.grad = None
+    values = losses or [1.0] * len(tasks)
+    # loss_t = (g_t . w) + L_t - (g_t . w).detach(): gradient g_t, value L_t whatever w is
+    method.backward({t: (g * param).sum() - (g * param).sum().detach() + v
+                     for t, g, v in zip(tasks, grads, values)})
+    method.finish()
+    return param.grad.clone()

@@ -21,21 +21,15 @@ from mtbert.spec import structure_component
 from mtbert_plugins.gradients.imtl import impartial_weights
 from mtbert_plugins.gradients.mgda import min_norm_weights
 
+from helpers import aggregate, gradient_method
+
 
 def method(registry, name, **options):
-    return make(registry, structure_component("gradient_methods", {"name": name, **options}, registry))
+    return gradient_method(registry, name, **options)
 
 
-def update(m, grads: torch.Tensor, losses_scale=None) -> torch.Tensor:
-    """The method's update of one flat shared parameter, for task gradients ``grads`` [T, P]."""
-    param = nn.Parameter(torch.zeros(grads.shape[1]))
-    tasks = [f"t{i}" for i in range(len(grads))]
-    m.setup([("encoder.w", param)], [], tasks, LoopContext())
-    scale = losses_scale or [1.0] * len(tasks)
-    # loss_t = s_t * (g_t / s_t) . w: gradient g_t, value 0 at w = 0 plus s_t (for the loss normalizations)
-    m.backward({t: (g * param).sum() + s for t, g, s in zip(tasks, grads, scale)})
-    m.finish()
-    return param.grad
+def update(m, grads, losses_scale=None):
+    return aggregate(m, grads, losses_scale)
 
 
 def test_mgda_hand_case_two_gradients(registry):

@@ -256,3 +256,22 @@ def test_famo_state_round_trips(registry):
     fresh.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
     b.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
     assert torch.equal(fresh.logits, b.logits)
+
+
+def test_imtl_l_scales_pull_every_scaled_loss_to_one(registry):
+    """exp(s) w L - s at s = 0: the loss value is w L and d/ds = w L - 1."""
+    balancer = make(registry, structure_component("balancers", {"name": "imtl_l"}, registry))
+    balancer.setup({"a": TaskInfo(1.0, "multiclass"), "b": TaskInfo(2.0, "regression")}, LoopContext())
+    losses = {"a": torch.tensor(3.0), "b": torch.tensor(0.25)}
+    out = balancer.weigh(losses)
+    assert out["a"].item() == pytest.approx(3.0) and out["b"].item() == pytest.approx(0.5)
+    (out["a"] + out["b"]).backward()
+    assert balancer.scales["a"].grad.item() == pytest.approx(2.0)
+    assert balancer.scales["b"].grad.item() == pytest.approx(-0.5)
+    # at s = -log(w L) the scaled loss is 1 and the derivative vanishes
+    with torch.no_grad():
+        balancer.scales["a"].fill_(-math.log(3.0))
+    balancer.scales["a"].grad = None
+    scaled = balancer.weigh(losses)["a"]
+    scaled.backward()
+    assert balancer.scales["a"].grad.item() == pytest.approx(0.0, abs=1e-6)

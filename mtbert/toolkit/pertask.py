@@ -74,14 +74,17 @@ def block_keys(names: list[str], granularity: str) -> list[str]:
 
 
 class PerTaskGradients(GradientMethod):
-    """Base of gradient surgery: subclasses implement ``adjust``.
+    """Base of gradient surgery: subclasses implement ``coefficients`` (or ``update``).
 
-    ``options`` needs ``granularity`` and ``seed`` (for the random order of
-    the other tasks that each task is adjusted against)."""
+    ``options`` needs ``seed`` (for the random order of the other tasks that
+    each task is adjusted against) and, for methods that work per block,
+    ``granularity``."""
 
     needs_all_tasks = True
     # the name under which the second value ``coefficients`` returns is logged (gradient/<name>)
     statistic = "fired"
+    # True: ``backward`` also sums each task's (scaled) loss, for ``step_losses``
+    tracks_losses = False
 
     def __init__(self, options):
         self.options = options
@@ -91,7 +94,8 @@ class PerTaskGradients(GradientMethod):
     def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
               tasks: list[str], context: LoopContext | None = None) -> None:
         self.context = context or LoopContext()
-        keys = block_keys([name for name, _ in shared], self.options.granularity)
+        # a method without blocks (an elementwise rule) has no granularity option: one block
+        keys = block_keys([name for name, _ in shared], getattr(self.options, "granularity", "model"))
         members: dict[str, list[nn.Parameter]] = {}
         for key, (_, param) in zip(keys, shared):
             members.setdefault(key, []).append(param)
@@ -118,12 +122,15 @@ class PerTaskGradients(GradientMethod):
         self.rows = [[self.buffer[t, o:o + p.numel()].view(p.shape) for o, p in self.slices]
                      for t in range(len(self.tasks))]
         self.seen: set[int] = set()
+        self.loss_sums = self.buffer.new_zeros(len(self.tasks))  # for ``step_losses``, on the device
 
     def backward(self, losses: dict[str, Tensor]) -> None:
         inputs = self.params + self.private
         n = len(self.params)
         for task, loss in losses.items():
             t = self.tasks.index(task)
+            if self.tracks_losses:
+                self.loss_sums[t] += loss.detach().float()
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
             pairs = [(row, g) for row, g in zip(self.rows[t], grads[:n]) if g is not None]
             if pairs:
@@ -144,9 +151,7 @@ class PerTaskGradients(GradientMethod):
             return {}
         self.context.average([self.buffer])  # each task's gradient over every rank's shard (no-op in one process)
         G = self.buffer if len(present) == len(self.tasks) else rows(self.buffer, present)
-        gram = self.block_gram(G)
-        coef, fired = self.coefficients(gram, present)
-        update = self.mix(coef.sum(1), G)  # sum_i g_i' = sum_j (sum_i a_ij) g_j, block by block
+        update, stats = self.update(G, present)
         for offset, param in self.slices:
             g = update[offset:offset + param.numel()].view(param.shape).to(param.dtype)
             if param.grad is None:
@@ -154,9 +159,8 @@ class PerTaskGradients(GradientMethod):
             else:
                 param.grad.add_(g)
         self.buffer.zero_()
-        stats = self.cosines(gram.sum(0), [self.tasks[t] for t in present])
-        stats[self.statistic] = fired
         return stats
+
     def state_dict(self) -> dict:
         """What a resumed run needs: the order generator (and a subclass's running state)."""
         return {"generator": self.generator.get_state()}
@@ -165,6 +169,27 @@ class PerTaskGradients(GradientMethod):
         self.generator.set_state(state["generator"])
 
     # -- for subclasses ------------------------------------------------------------------------
+    def update(self, G: Tensor, present: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+        """[T, P] per-task rows (the tasks at positions ``present``) -> (the [P] update, stats to log).
+
+        The default: the Gram matrices, ``coefficients`` on them, and the update as one
+        combination of the rows. A method that is not a combination of the current rows
+        (an elementwise rule, a running average of past gradients) overrides this."""
+        gram = self.block_gram(G)
+        coef, statistic = self.coefficients(gram, present)
+        update = self.mix(coef.sum(1), G)  # sum_i g_i' = sum_j (sum_i a_ij) g_j, block by block
+        stats = self.cosines(gram.sum(0), [self.tasks[t] for t in present])
+        stats[self.statistic] = statistic
+        return update, stats
+
+    def step_losses(self, present: list[int]) -> Tensor:
+        """The step's loss of each task at ``present``, over the global batch ([T'], on the device),
+        for methods that set ``tracks_losses``; the sums restart."""
+        self.context.average([self.loss_sums])  # every process's shard: the global batch's losses
+        losses = torch.stack([self.loss_sums[t] for t in present])
+        self.loss_sums.zero_()
+        return losses
+
     def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
         """[B, T, T] Gram matrices of the task gradients, block by block (rows: the tasks at
         positions ``present`` in ``self.tasks``) -> ([B, T, T] coefficients a with

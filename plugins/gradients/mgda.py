@@ -73,21 +73,14 @@ class Mgda(PerTaskGradients):
 
     statistic = "max_weight"  # the largest task weight, averaged over blocks
 
-    def setup(self, shared, private, tasks, context=None) -> None:
-        super().setup(shared, private, tasks, context)
-        self.loss_sums = self.buffer.new_zeros(len(self.tasks))  # for the loss normalizations, on the device
-
-    def backward(self, losses: dict[str, Tensor]) -> None:
-        if self.options.normalization in ("loss", "loss+"):
-            for task, loss in losses.items():
-                self.loss_sums[self.tasks.index(task)] += loss.detach().float()
-        super().backward(losses)
+    def __init__(self, options):
+        super().__init__(options)
+        self.tracks_losses = options.normalization in ("loss", "loss+")
 
     def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
         scale = self.normalizers(gram, present)  # [B, T]: g_t is used as g_t / scale_t
         normalized = gram / (scale[:, :, None] * scale[:, None, :])
         alpha = min_norm_weights(normalized, self.options.iterations)
-        self.loss_sums.zero_()
         return torch.diag_embed(alpha / scale), alpha.amax(-1).mean()
 
     def normalizers(self, gram: Tensor, present: list[int]) -> Tensor:
@@ -97,8 +90,7 @@ class Mgda(PerTaskGradients):
             return torch.ones_like(norms)
         if kind == "l2":
             return norms
-        self.context.average([self.loss_sums])  # every process's shard: the global batch's losses
-        losses = torch.stack([self.loss_sums[t] for t in present]).clamp_min(EPS)[None, :]
+        losses = self.step_losses(present).clamp_min(EPS)[None, :]
         return losses.expand_as(norms) if kind == "loss" else losses * norms
 
 
