@@ -154,8 +154,7 @@ def sweep(spec, grid, overrides, out, progress):
     setup_logging()
     from .sweep import run_sweep
 
-    root = run_sweep(spec, registry(), grid, overrides, out, progress, echo=click.echo)
-    click.echo(f"sweep in {root}")
+    run_sweep(spec, registry(), grid, overrides, out, progress, echo=click.echo)
 
 
 @main.command()

@@ -7,6 +7,8 @@ costs nothing. Runs go to ``<out>/<name>-sweep/<key=value,...>/`` and the
 best dev metrics of each are gathered into one table (printed, and written
 as ``summary.md`` and ``summary.jsonl`` in the sweep directory;
 ``mtbert compare SWEEP_DIR`` prints it again from the runs, in that order).
+Under torchrun every combination trains on all processes; the first one makes
+the directories and writes the table.
 """
 
 from __future__ import annotations
@@ -68,18 +70,28 @@ def run_sweep(spec_path: Path, registry: Registry, grid_texts: tuple[str, ...], 
 
     planned = plan_sweep(spec_path, registry, grid_texts, overrides)
     first = planned[0][1]
-    root = free_dir(Path(first.out) / f"{first.name}-sweep", out)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
+    root, rows = None, []
     for i, (combo, spec) in enumerate(planned, start=1):
         name = label(combo) or "default"
-        echo(f"[{i}/{len(planned)}] {name}")
         trainer = Trainer(spec, registry, progress=progress)
-        best = trainer.fit(RunDir.create(spec, root / name)) or {}
+        # under torchrun the first rank makes the directories and tells the others; only it writes
+        main = trainer.dist.main
+        if root is None:
+            made = free_dir(Path(first.out) / f"{first.name}-sweep", out) if main else None
+            if made is not None:
+                made.mkdir(parents=True, exist_ok=True)
+            root = trainer.dist.broadcast_object(made)
+        if main:
+            echo(f"[{i}/{len(planned)}] {name}")
+        path = RunDir.create(spec, root / name).path if main else None
+        best = trainer.fit(RunDir(trainer.dist.broadcast_object(path))) or {}
         rows.append({"run": name, "overrides": list(combo), **best})
-        with open(root / "summary.jsonl", "a", encoding="utf-8") as fp:
-            fp.write(json.dumps(rows[-1]) + "\n")
-    summary = table(rows, "markdown", all_metrics=True)
-    (root / "summary.md").write_text(summary + "\n", encoding="utf-8")
-    echo(summary)
+        if main:
+            with open(root / "summary.jsonl", "a", encoding="utf-8") as fp:
+                fp.write(json.dumps(rows[-1]) + "\n")
+    if main:
+        summary = table(rows, "markdown", all_metrics=True)
+        (root / "summary.md").write_text(summary + "\n", encoding="utf-8")
+        echo(summary)
+        echo(f"sweep in {root}")
     return root

@@ -71,6 +71,15 @@ def script() -> str:
     return str(Path(sys.executable).with_name("mtbert"))
 
 
+def torchrun(*args):
+    """The console script under two CPU processes (gloo), as a user would start them."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MTBERT_DATA", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           script(), *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
 def mtbert(*args, env_data=None, cwd=ROOT):
     """Run the installed console script as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
@@ -113,6 +122,13 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "famo": {"sampler": "all_tasks", "balancer": "famo"},
     "mgda": {"sampler": "all_tasks", "gradient": {"name": "mgda", "normalization": "loss+"}},
     "imtl_layer": {"sampler": "all_tasks", "gradient": {"name": "imtl", "granularity": "layer"}},
+    "imtl_hybrid": {"sampler": "all_tasks", "gradient": "imtl", "balancer": "imtl_l"},
+    "cagrad": {"sampler": "all_tasks", "gradient": "cagrad"},
+    "nash_mtl": {"sampler": "all_tasks", "gradient": "nash_mtl"},
+    "aligned_mtl_layer": {"sampler": "all_tasks", "gradient": {"name": "aligned_mtl", "granularity": "layer"}},
+    "db_mtl": {"sampler": "all_tasks", "gradient": "db_mtl"},
+    "graddrop": {"sampler": "all_tasks", "gradient": "graddrop"},
+    "famo_cagrad": {"sampler": "all_tasks", "gradient": "cagrad", "balancer": "famo"},
     "smart": {"regularizers": [{"name": "smart"}]},
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
 }

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtbert.spec import structure_spec, unstructure
 
-from helpers import ROOT, TINY_ENCODER, toy_data, toy_spec, script, mtbert
+from helpers import ROOT, TINY_ENCODER, toy_data, toy_spec, script, mtbert, torchrun
 
 
 
@@ -32,14 +32,6 @@ def write_spec(registry, tmp_path, **changes):
     return path
 
 
-def torchrun(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("MTBERT_DATA", None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           script(), *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300)
-
-
 def losses(run):
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
@@ -53,15 +45,7 @@ def losses(run):
     {"sampler": "annealed"},  # random task draws: every rank must draw the same
     # a balancer's parameters: their gradients averaged across ranks like the model's
     {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": {"name": "uncertainty", "lr": 0.05}},
-    # the family of issue 13: draws alike on every rank (rlw), weights from the global losses (gls, famo),
-    # per-task rows averaged before the solve (mgda, imtl)
-    {"sampler": "all_tasks", "balancer": "dwa"},
-    {"sampler": "all_tasks", "balancer": "rlw"},
-    {"sampler": "all_tasks", "balancer": "gls"},
-    {"sampler": "all_tasks", "balancer": "famo"},
-    {"sampler": "all_tasks", "gradient": {"name": "mgda", "normalization": "loss+"}},
-    {"sampler": "all_tasks", "gradient": "imtl"},
-], ids=["round_robin", "pcgrad", "annealed", "uncertainty_pcgrad", "dwa", "rlw", "gls", "famo", "mgda", "imtl"])
+], ids=["round_robin", "pcgrad", "annealed", "uncertainty_pcgrad"])
 def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, changes):
     spec = write_spec(registry, tmp_path, **{k: v for k, v in changes.items() if v is not None})
     two = torchrun("run", spec, "--out", tmp_path / "two", "--no-progress")
@@ -79,13 +63,11 @@ def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, chan
     a = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
-    if "balancer" in changes and changes["balancer"] not in ("equal", "gls", "rlw"):  # these save no tensors
+    if "balancer" in changes:  # the learned log variances too (each built-in method: test_every_method.py)
         a = load_file(str(tmp_path / "two" / "checkpoint" / "balancers.safetensors"))
         b = load_file(str(tmp_path / "one" / "checkpoint" / "balancers.safetensors"))
         assert a.keys() == b.keys() and a
-        if changes["balancer"] != "dwa":  # DWA's two epochs leave its weights at 1
-            assert any(not torch.equal(v, torch.zeros_like(v)) and not torch.equal(v, torch.ones_like(v))
-                       for v in b.values())  # something was learned or drawn
+        assert any(not torch.equal(v, torch.zeros_like(v)) for v in b.values())  # something was learned
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), (a, b)
     metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # written once, by the first rank

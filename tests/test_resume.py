@@ -91,16 +91,6 @@ def test_resume_with_gradient_surgery_smart_and_phases(registry, tmp_path):
     assert_same_run(tmp_path / "whole", tmp_path / "resumed")
 
 
-@pytest.mark.parametrize("balancer", ["uncertainty", "dwa", "rlw", "gls", "famo"])
-def test_resume_with_each_balancer(registry, tmp_path, balancer):
-    """Interrupted mid-epoch 2 (6 steps an epoch): DWA's epoch-loss sums so far, RLW's generator and
-    the log variances must all come back for epoch 3's weights to match."""
-    spec = spec_for(registry, tmp_path, sampler="all_tasks", gradient="pcgrad", balancer=balancer)
-    run_whole(registry, spec, tmp_path / "whole")
-    run_interrupted(registry, spec, tmp_path / "resumed", at_step=10)
-    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
-
-
 def test_resume_refuses_another_spec(registry, tmp_path):
     spec = spec_for(registry, tmp_path)
     run_whole(registry, spec, tmp_path / "run")
