@@ -209,6 +209,9 @@ class LoopContext:
     world: int = 1  # processes
     rank: int = 0
     average: Callable[[list[Tensor]], None] = _no_collective
+    # the model's shared parameters that train now, named (they change with the phase's
+    # ``trainable``), for a component that needs gradients at a shared layer
+    shared_parameters: Callable[[], list[tuple[str, nn.Parameter]]] = list
 
     def autocast(self) -> ContextManager:
         """The step's autocast context (bf16 or none), for a component's own forwards."""

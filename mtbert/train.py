@@ -100,10 +100,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = choose_device(cfg.device)
         self.autocast = autocast_for(self.device, cfg.precision)
-        self.context = LoopContext(self.device, precision_for(self.device, cfg.precision), cfg.accumulate,
-                                   self.dist.world, self.dist.rank, self.dist.average)
-
         self.model = build_model(spec, registry)
+        self.context = LoopContext(self.device, precision_for(self.device, cfg.precision), cfg.accumulate,
+                                   self.dist.world, self.dist.rank, self.dist.average,
+                                   self.model.named_shared_parameters)
         if spec.init_from is not None:  # e.g. heads trained by an earlier run (report 001's transfer)
             load_weights(self.model, find_checkpoint(expand(spec.init_from)))
             log.info("weights from %s", spec.init_from)

@@ -129,6 +129,7 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "db_mtl": {"sampler": "all_tasks", "gradient": "db_mtl"},
     "graddrop": {"sampler": "all_tasks", "gradient": "graddrop"},
     "famo_cagrad": {"sampler": "all_tasks", "gradient": "cagrad", "balancer": "famo"},
+    "gradnorm": {"sampler": "all_tasks", "balancer": "gradnorm"},
     "smart": {"regularizers": [{"name": "smart"}]},
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
 }

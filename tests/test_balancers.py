@@ -275,3 +275,56 @@ def test_imtl_l_scales_pull_every_scaled_loss_to_one(registry):
     scaled = balancer.weigh(losses)["a"]
     scaled.backward()
     assert balancer.scales["a"].grad.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def gradnorm_case(registry, **options):
+    """Two tasks on one shared 'last layer' W = (1, 1): L_1 = 2 W.e1 (|grad_W| = 2), L_2 = W.e2 (1)."""
+    from torch import nn
+    W = nn.Parameter(torch.ones(2))
+    balancer = make(registry, structure_component("balancers", {"name": "gradnorm", **options}, registry))
+    context = LoopContext(shared_parameters=lambda: [("encoder.layer.0.w", W), ("encoder.embeddings.w", W)])
+    balancer.setup({"a": TaskInfo(1.0, "multiclass"), "b": TaskInfo(1.0, "regression")}, context)
+    return balancer, W
+
+
+def test_gradnorm_first_step_by_hand(registry):
+    """Step 1: L(0) = L, so r = (1, 1); G = w |grad_W L| = (2, 1), G_bar = 1.5; L_grad = |2 - 1.5| +
+    |1 - 1.5| has gradient (+2, -1) in w. The model trains on w_t L_t: W's gradient (2, 1)."""
+    balancer, W = gradnorm_case(registry)
+    out = balancer.weigh({"a": 2 * W[0], "b": W[1]})
+    assert out["a"].item() == pytest.approx(2.0) and out["b"].item() == pytest.approx(1.0)  # values: w_t L_t
+    (out["a"] + out["b"]).backward()
+    torch.testing.assert_close(balancer.weights.grad, torch.tensor([2.0, -1.0]))
+    torch.testing.assert_close(W.grad, torch.tensor([2.0, 1.0]))
+
+
+def test_gradnorm_targets_favour_the_slower_task(registry):
+    """Step 2 after L_1 halved (ratio 0.5) and L_2 kept (1): r = (2/3, 4/3); with w = (1.2, 0.8),
+    G = (2.4, 0.8), G_bar = 1.6, target = 1.6 r^1.5 = (0.871, 2.463): both gaps' signs give
+    w's gradient (+2, -1) and the weights renormalise to sum 2."""
+    balancer, W = gradnorm_case(registry)
+    balancer.weigh({"a": 2 * W[0], "b": W[1]})  # sets L(0) = (2, 1)
+    with torch.no_grad():
+        balancer.weights.copy_(torch.tensor([1.2, 0.8]))
+    balancer.weights.grad = None
+    out = balancer.weigh({"a": 2 * W[0] * 0.5, "b": W[1]})
+    (out["a"] + out["b"]).backward()
+    norms = torch.tensor([1.0, 1.0])  # |grad_W| of L_1 = W.e1 and L_2 = W.e2
+    g = torch.tensor([1.2, 0.8]) * norms
+    r = torch.tensor([0.5, 1.0]) / 0.75
+    target = g.mean() * r ** 1.5
+    torch.testing.assert_close(balancer.weights.grad, torch.sign(g - target) * norms)
+    with torch.no_grad():
+        balancer.weights.copy_(torch.tensor([1.5, 1.0]))
+    balancer.step_end({})
+    torch.testing.assert_close(balancer.weights.detach(), torch.tensor([1.2, 0.8]))
+
+
+def test_gradnorm_uses_the_last_layer_only(registry):
+    from mtbert_plugins.balancers.gradnorm import last_layer
+    from torch import nn
+    params = [(name, nn.Parameter(torch.zeros(1))) for name in
+              ("encoder.embeddings.w", "encoder.layer.0.w", "encoder.layer.11.w", "encoder.layer.11.b",
+               "encoder.layer.2.w", "encoder.pooler.w")]
+    assert last_layer(params) == [params[2][1], params[3][1]]
+    assert last_layer(params[:1]) == [params[0][1]]  # no numbered layers: every shared parameter

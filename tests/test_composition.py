@@ -13,7 +13,7 @@ from mtbert.train import Trainer
 
 from helpers import toy_data, toy_spec
 
-PAIRS = [("uncertainty", "pcgrad"), ("famo", "cagrad"), ("imtl_l", "imtl"), ("dwa", "nash_mtl"),
+PAIRS = [("uncertainty", "pcgrad"), ("famo", "cagrad"), ("imtl_l", "imtl"), ("dwa", "nash_mtl"), ("gradnorm", "pcgrad"),
          ("gls", "aligned_mtl"), ("rlw", "db_mtl"), ("uncertainty", "graddrop"), ("famo", "mgda")]
 EXTRAS = {
     "pals": {"adapters": [{"name": "pals"}]},

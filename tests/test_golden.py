@@ -2,8 +2,11 @@
 
 tests/data/golden/weights.json was written by ``python tests/golden_runs.py``
 with the loop of commit c55c1be; each case trains again here and must give the
-same dev metrics and the same weights (per-tensor sums and sums of squares, to
-1e-5 relative: rounding on another CPU passes, a changed step does not).
+same dev metrics and the same weights: per-tensor sums of squares to 1e-5
+relative, and sums to 1e-4 absolute (a sum cancels: attention key biases, whose
+gradient is zero up to rounding since the softmax ignores them, sum to 1e-7 of
+pure rounding, which differs between an Intel and an AMD CPU). Rounding on
+another CPU passes; a changed step, which moves weights by ~1e-3 each, does not.
 """
 
 from __future__ import annotations
@@ -31,5 +34,6 @@ def test_same_weights_as_before_the_redesign(registry, tmp_path, case):
         assert close(g["overall"], e["overall"]), (g, e)
     assert got["weights"].keys() == expected["weights"].keys()
     off = [k for k, (s, q) in got["weights"].items()
-           if not (close(s, expected["weights"][k][0]) and close(q, expected["weights"][k][1]))]
+           if not (math.isclose(s, expected["weights"][k][0], rel_tol=0, abs_tol=1e-4)
+                   and math.isclose(q, expected["weights"][k][1], rel_tol=1e-5, abs_tol=1e-9))]
     assert not off, f"{len(off)} tensors differ, e.g. {off[:3]}"
