@@ -27,10 +27,18 @@ def test_keeps_the_positive_side_with_probability_p():
     """g = (+3, -1) on one coordinate: P = (1 + 2/4) / 2 = 0.75; the update is +3 where U < P."""
     grads = torch.tensor([[3.0], [-1.0]]).expand(2, 20000).contiguous()
     uniform = torch.rand(20000, generator=torch.Generator().manual_seed(0))
-    update, dropped = sign_dropout(grads, uniform, leak=0.0)
+    expected_positive = (uniform < 0.75).float().mean().item()
+    update, cancelled = sign_dropout(grads, uniform.clone(), leak=0.0)
     assert set(update.unique().tolist()) == {3.0, -1.0}
-    assert (update == 3.0).float().mean().item() == pytest.approx(0.75, abs=0.01)
-    assert dropped.item() == pytest.approx(0.5)  # one of the two components, everywhere
+    assert (update == 3.0).float().mean().item() == pytest.approx(expected_positive, abs=1e-9)
+    assert expected_positive == pytest.approx(0.75, abs=0.01)
+    assert cancelled.item() == pytest.approx(0.5)  # |3 - 1| of 3 + 1 survives the sum
+
+
+def test_agreeing_signs_cancel_nothing():
+    _, cancelled = sign_dropout(torch.tensor([[1.0, 2.0, -1.0, 0.0], [3.0, -1.0, -2.0, 0.0]]),
+                                torch.full((4,), 0.5), leak=0.0)
+    assert cancelled.item() == pytest.approx(1 - (4 + 1 + 3) / (4 + 3 + 3))  # only the second coordinate
 
 
 def test_leak_lets_a_fraction_of_the_dropped_side_through():

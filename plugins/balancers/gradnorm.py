@@ -78,11 +78,12 @@ class GradNorm(Balancer):
         super().setup(tasks, context)
         self.weights = nn.Parameter(torch.ones(len(self.names), device=context.device))
         self.initial = torch.zeros(len(self.names), device=context.device)
+        self.indices: dict[tuple[int, ...], Tensor] = {}
 
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         order = [self.names.index(t) for t in losses]
         values = torch.stack([loss.detach().float() for loss in losses.values()])
-        index = torch.tensor(order, device=values.device)
+        index = self.index(order)
         first = self.initial[index]
         self.initial[index] = torch.where(first > 0, first, self.context_mean(values))
         w = self.weights.detach()[index]
@@ -100,6 +101,13 @@ class GradNorm(Balancer):
             gap = (self.weights[k] * norms[i] - target[i]).abs()
             out[task] = weighted[task] + (gap - gap.detach())
         return out
+
+    def index(self, order: list[int]) -> Tensor:
+        """The tasks' positions as a device tensor, made once per order (no copy in the step)."""
+        key = tuple(order)
+        if key not in self.indices:
+            self.indices[key] = torch.tensor(order, device=self.context.device)
+        return self.indices[key]
 
     def gradient_norms(self, losses: dict[str, Tensor], spec: Tensor, layer: list[nn.Parameter]) -> Tensor:
         grads = []

@@ -21,6 +21,7 @@ Not a combination of the current gradients: it keeps h, one more float32
 row per task of the shared parameters ([T, P], like the per-task buffer
 itself), saved in the training state for ``--resume``. Heads and
 task-specific adapters keep their own task's gradient (not divided by L_t).
+The logged cosines (``gradient/cos/...``) are those of the running averages h.
 Needs every task in every step (``sampler = "all_tasks"``).
 """
 
@@ -68,13 +69,13 @@ class DBMTL(PerTaskGradients):
         self.steps += 1
         rate = self.options.beta / self.steps ** self.options.sigma
         losses = self.step_losses(present).clamp_min(1e-8)
-        for row, t in enumerate(present):  # h_t <- (1 - rate) g_t / L_t + rate h_t, in place
-            self.average[t].mul_(rate).add_(G[row] / losses[row], alpha=1 - rate)
+        for row, t in enumerate(present):  # h_t <- rate h_t + (1 - rate) g_t / L_t, in place
+            self.average[t].mul_(rate).addcmul_(G[row], (1 - rate) / losses[row])  # no [P] temporary
         h = self.average if len(present) == len(self.tasks) else torch.stack([self.average[t] for t in present])
         gram = self.block_gram(h)
         norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # [B, T]
         scale = norms.amax(-1, keepdim=True) / (norms + 1e-8)
-        stats = self.cosines(self.block_gram(G).sum(0), [self.tasks[t] for t in present])
+        stats = self.cosines(gram.sum(0), [self.tasks[t] for t in present])  # of the running averages
         stats[self.statistic] = scale.amax(-1).mean()
         return self.mix(scale, h), stats
 

@@ -20,8 +20,10 @@ shared PARAMETERS, coordinate by coordinate, as torchjd's GradDrop
 aggregator does (the tests compare with it); with each task's own batch (the
 all-tasks sampler draws one per task) the tasks' activations are not the same
 tensor, so the representation form does not apply directly. Elementwise, so
-not a Gram-matrix method: it reads the [T, P] rows once more than the summed
-step and draws P uniforms per step on the device from its own generator
+not a Gram-matrix method: it reads the [T, P] rows twice more (their sum and
+their absolute sum: the kept components follow from those two without any
+[T, P] mask, in a few passes over [P] vectors) and draws P uniforms per step
+on the device from its own generator
 (seeded by ``seed``, equal on every process, saved for ``--resume``).
 ``granularity`` does not apply (every coordinate is its own unit).
 Needs every task in every step (``sampler = "all_tasks"``).
@@ -45,23 +47,28 @@ class GradDropOptions:
 
 
 def sign_dropout(G: Tensor, uniform: Tensor, leak: float) -> tuple[Tensor, Tensor]:
-    """[T, P] rows, [P] uniforms -> ([P] update, fraction of the non-zero components dropped)."""
-    purity = 0.5 * (1 + G.sum(0) / G.abs().sum(0).clamp_min(1e-30))
-    keep_positive, keep_negative = purity > uniform, purity < uniform
-    update = torch.zeros_like(G[0])
-    dropped, nonzero = G.new_zeros(()), G.new_zeros(())
-    for row in G:  # one task at a time: [P] temporaries, not [T, P]
-        kept = (keep_positive & (row > 0)) | (keep_negative & (row < 0))
-        update += torch.where(kept, row, leak * row)
-        dropped += (~kept & (row != 0)).sum()
-        nonzero += (row != 0).sum()
-    return update, dropped / nonzero.clamp_min(1)
+    """[T, P] rows, [P] uniforms -> ([P] update, fraction of the gradient mass that cancels).
+
+    Never forms the [T, P] masks. With S = sum_t g_t and A = sum_t |g_t|, P > U is S > (2U - 1) A,
+    so the kept sign is s = sign(S - (2U - 1) A) (+1: positive parts kept, -1: negative, 0 where
+    P = U, e.g. where every g_t is 0), and the kept components sum to
+    sum_t g_t [s g_t > 0] = s sum_t relu(s g_t) = s^2 (S + s A) / 2, since relu(x) = (x + |x|) / 2.
+    ``uniform`` is overwritten."""
+    total = G.sum(0)
+    magnitude, scratch = G[0].abs(), torch.empty_like(total)
+    for row in G[1:]:  # one task at a time: [P] temporaries, not [T, P]
+        magnitude.add_(torch.abs(row, out=scratch))
+    sign = torch.addcmul(total, uniform.mul_(2).sub_(1), magnitude, value=-1).sign_()
+    kept = torch.addcmul(total, sign, magnitude).mul_(sign).mul_(sign).mul_(0.5)
+    update = kept if leak == 0 else kept.mul_(1 - leak).add_(total, alpha=leak)
+    cancelled = 1 - torch.linalg.vector_norm(total, ord=1) / magnitude.sum().clamp_min(1e-30)
+    return update, cancelled
 
 
 class GradDrop(PerTaskGradients):
     """Keep one sign per coordinate, drawn in proportion to the tasks' agreement on it."""
 
-    statistic = "dropped"  # fraction of the non-zero gradient components dropped
+    statistic = "cancelled"  # 1 - |sum_t g_t|_1 / sum_t |g_t|_1: how much of the tasks' gradients cancels
 
     def setup(self, shared, private, tasks, context=None) -> None:
         super().setup(shared, private, tasks, context)
@@ -76,9 +83,9 @@ class GradDrop(PerTaskGradients):
 
     def update(self, G: Tensor, present: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
         uniform = torch.rand(G.shape[1], generator=self.draws, device=G.device, dtype=G.dtype)
-        update, dropped = sign_dropout(G, uniform, self.options.leak)
+        update, cancelled = sign_dropout(G, uniform, self.options.leak)
         stats = self.cosines(self.block_gram(G).sum(0), [self.tasks[t] for t in present])
-        stats[self.statistic] = dropped
+        stats[self.statistic] = cancelled
         return update, stats
 
 

@@ -14,8 +14,8 @@ tests/test_hot_loop.py passes; on CUDA, the SVD behind ``pinv`` may wait
 for its convergence flag -- not yet measured on a GPU). ``granularity``: whole model, each
 layer or each tensor. Needs every task in every step.
 
-Not implemented here: IMTL-L (the loss-scale half, learnable scales) and the
-hybrid; IMTL-L would be a balancer.
+IMTL-L, the loss-scale half, is the ``imtl_l`` balancer; the paper's hybrid
+(IMTL) is the two in one spec: ``balancer = "imtl_l"``, ``gradient = "imtl"``.
 """
 
 from __future__ import annotations

@@ -25,9 +25,12 @@ layer, each tensor). Heads and task-specific adapters keep their own task's
 gradient. Needs every task in every step (``sampler = "all_tasks"``).
 
 Not implemented: MGDA-UB, the paper's upper bound that solves the same
-problem on gradients with respect to the shared representation from one
-backward pass; it needs the encoder output's gradient per task, which the
-loop does not hand to gradient methods yet.
+problem on the gradients with respect to the shared representation Z from
+one backward pass. Its bound |grad_theta L_t| <= |dZ/dtheta| |grad_Z L_t|
+needs one Z for all tasks, i.e. every task scored on the same inputs; here
+every task has its own batch (the all-tasks sampler draws one per task), so
+the tasks' representations are different tensors (of different shapes) and
+the bound does not apply.
 """
 
 from __future__ import annotations
