@@ -42,12 +42,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import machine, write_json
+from common import machine, measure_in_subprocess, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MTBERT_DATA") or ROOT.parent / "shared" / "data" / "cs224n")
@@ -581,15 +580,11 @@ def main() -> None:
                    str(args.warmup), "--device", args.device, "--encoder", args.encoder]
         if args.threads:
             command += ["--threads", str(args.threads)]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{name}: FAILED\n{done.stderr[-2000:]}", flush=True)
+        result, seconds = measure_in_subprocess(command, name)
+        if result is None:
             continue
-        results[name] = json.loads(line[len("RESULT "):])
-        print(f"{name:28s} {json.dumps(results[name])}  ({time.perf_counter() - started:.0f}s)", flush=True)
+        results[name] = result
+        print(f"{name:28s} {json.dumps(result)}  ({seconds:.0f}s)", flush=True)
         save(args, results)  # after each measurement, so a cut-off run keeps what it measured
 
     table = ratios(results)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -23,3 +25,16 @@ def write_json(path: str | Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def measure_in_subprocess(command: list[str], name: str) -> tuple[dict | None, float]:
+    """Run one measurement's command (offline, tokenizers single-threaded) and read the JSON on its
+    ``RESULT`` line: (result, seconds it took); (None, seconds) and its error's tail printed if it failed."""
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        print(f"{name}: FAILED\n{done.stderr[-2000:]}", flush=True)
+        return None, time.perf_counter() - started
+    return json.loads(line[len("RESULT "):]), time.perf_counter() - started

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import ROOT, STEP_METHODS, all_tasks_trainer, mtbert_stepper, sync, TASKS  # noqa: E402
-from common import machine, write_json  # noqa: E402
+from common import machine, measure_in_subprocess, write_json  # noqa: E402
 
 METHODS = [m for m in STEP_METHODS if m != "sum" and not m.startswith("smart")]
 
@@ -85,17 +83,12 @@ def main() -> None:
     for method in args.methods:
         command = [sys.executable, __file__, "--one", method, "--rounds", str(args.rounds), "--steps",
                    str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--encoder", args.encoder]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{method}: FAILED\n{done.stderr[-2000:]}", flush=True)
+        r, seconds = measure_in_subprocess(command, method)
+        if r is None:
             continue
-        results[method] = json.loads(line[len("RESULT "):])
-        r = results[method]
-        print(f"{method:20s} {r['ratio']:.3f}x (rounds {r['ratio_min']:.3f}..{r['ratio_max']:.3f})  "
-              f"({time.perf_counter() - started:.0f}s)", flush=True)
+        results[method] = r
+        print(f"{method:20s} {r['ratio']:.3f}x (rounds {r['ratio_min']:.3f}..{r['ratio_max']:.3f})  ({seconds:.0f}s)",
+              flush=True)
         write_json(args.out, {"args": {k: v for k, v in vars(args).items() if k != "one"},
                               "machine": {**machine(), "device": args.device}, "results": results})
     print("\n| method | x summed step (median) | rounds min..max | s per step (method / sum) |\n|---|---|---|---|")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import ROOT, encoder_table, mtbert_stepper, peak_memory_mb, sync, task_files, TASKS  # noqa: E402
-from common import machine, write_json  # noqa: E402
+from common import machine, measure_in_subprocess, write_json  # noqa: E402
 
 METHODS = {  # name -> top-level spec changes
     "sum": {},
@@ -136,15 +135,11 @@ def main() -> None:
                        "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
                        "--max-length", str(args.max_length), "--rows", str(args.rows),
                        "--device", args.device, "--encoder", args.encoder]
-            started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-            line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{name}: FAILED\n{done.stderr[-2000:]}", flush=True)
+            result, seconds = measure_in_subprocess(command, name)
+            if result is None:
                 continue
-            results[name] = json.loads(line[len("RESULT "):])
-            print(f"{name:18s} {json.dumps(results[name])}  ({time.perf_counter() - started:.0f}s)", flush=True)
+            results[name] = result
+            print(f"{name:18s} {json.dumps(result)}  ({seconds:.0f}s)", flush=True)
             write_json(args.out, {"args": {k: v for k, v in vars(args).items() if k != "one"},
                                   "machine": {**machine(), "device": args.device}, "results": results})
     print()

@@ -175,3 +175,19 @@ def aggregate(method, grads, losses=None):
                      for t, g, v in zip(tasks, grads, values)})
     method.finish()
     return param.grad.clone()
+
+
+class Interrupted(Exception):
+    """What ``interrupt_at`` raises: the run stops there as if killed."""
+
+
+def interrupt_at(trainer, at_step):
+    """Make ``trainer`` raise Interrupted when it is about to train step ``at_step``."""
+    original = trainer._train_step
+
+    def step(tasks):
+        if trainer.step == at_step:
+            raise Interrupted
+        original(tasks)
+
+    trainer._train_step = step

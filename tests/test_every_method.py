@@ -21,7 +21,7 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from helpers import TINY_ENCODER, mtbert, read_metrics, toy_data, toy_spec, torchrun
+from helpers import TINY_ENCODER, Interrupted, interrupt_at, mtbert, read_metrics, toy_data, toy_spec, torchrun
 
 _BUILT_IN = [c for c in default_registry().all() if c.package == "mtbert"]
 KEY = {"balancers": "balancer", "gradient_methods": "gradient"}
@@ -64,20 +64,9 @@ def sweeps(tmp_path_factory):
     return root
 
 
-class Interrupted(Exception):
-    pass
-
-
 def interrupted_then_resumed(registry, spec, path, at_step):
     trainer = Trainer(spec, registry, progress=False)
-    original = trainer._train_step
-
-    def step(tasks):
-        if trainer.step == at_step:
-            raise Interrupted
-        original(tasks)
-
-    trainer._train_step = step
+    interrupt_at(trainer, at_step)
     with pytest.raises(Interrupted):
         trainer.fit(RunDir.create(spec, str(path)))
     Trainer(spec, registry, progress=False).fit(RunDir.existing(path, spec), resume=True)

@@ -13,12 +13,8 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from helpers import toy_data, toy_spec, script, mtbert
+from helpers import Interrupted, interrupt_at, toy_data, toy_spec, script, mtbert
 
-
-
-class Interrupted(Exception):
-    pass
 
 
 def spec_for(registry, tmp_path, **changes):
@@ -35,14 +31,7 @@ def run_whole(registry, spec, path):
 
 def run_interrupted(registry, spec, path, at_step):
     trainer = Trainer(spec, registry, progress=False)
-    original = trainer._train_step
-
-    def step(tasks):
-        if trainer.step == at_step:
-            raise Interrupted
-        original(tasks)
-
-    trainer._train_step = step
+    interrupt_at(trainer, at_step)
     with pytest.raises(Interrupted):
         trainer.fit(RunDir.create(spec, str(path)))
     saved = json.loads((path / "state" / "state.json").read_text())  # where the state was taken
