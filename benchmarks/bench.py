@@ -368,16 +368,21 @@ def plain_stepper(args, task: str, batch_size: int = 32):
     return step
 
 
-def plain_train(args, task: str) -> dict:
-    step = plain_stepper(args, task)
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            sync(args.device)
-            start = time.perf_counter()
+def seconds_per_step(args, step) -> float:
+    """Mean seconds of ``args.steps`` calls of ``step``, after ``args.warmup`` untimed ones."""
+    for _ in range(args.warmup):
         step()
     sync(args.device)
-    elapsed = time.perf_counter() - start
-    return {"examples_per_s": args.steps * 32 / elapsed, "s_per_step": elapsed / args.steps}
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(args.device)
+    return (time.perf_counter() - start) / args.steps
+
+
+def plain_train(args, task: str) -> dict:
+    seconds = seconds_per_step(args, plain_stepper(args, task))
+    return {"examples_per_s": 32 / seconds, "s_per_step": seconds}
 
 
 def plain_eval(args, task: str) -> dict:

@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import ROOT, encoder_table, mtbert_stepper, peak_memory_mb, sync, task_files, TASKS  # noqa: E402
+from bench import ROOT, encoder_table, mtbert_stepper, peak_memory_mb, seconds_per_step, task_files, TASKS  # noqa: E402
 from common import machine, measure_in_subprocess, write_json  # noqa: E402
 
 METHODS = {  # name -> top-level spec changes
@@ -78,15 +77,8 @@ def measure(args) -> dict:
     method, count = args.one.split("@")
     spec = spec_for(args, int(count), method)
     trainer = Trainer(spec, default_registry(), progress=False)
-    tasks = list(spec.tasks)
-    step = mtbert_stepper(trainer, tasks)
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            sync(args.device)
-            start = time.perf_counter()
-        step()
-    sync(args.device)
-    return {"s_per_step": (time.perf_counter() - start) / args.steps, "peak_memory_mb": peak_memory_mb(args.device)}
+    seconds = seconds_per_step(args, mtbert_stepper(trainer, list(spec.tasks)))
+    return {"s_per_step": seconds, "peak_memory_mb": peak_memory_mb(args.device)}
 
 
 def table(results: dict, counts: list[int], methods: list[str]) -> str:
