@@ -58,11 +58,11 @@ def sign_dropout(G: Tensor, uniform: Tensor, leak: float) -> tuple[Tensor, Tenso
     magnitude, scratch = G[0].abs(), torch.empty_like(total)
     for row in G[1:]:  # one task at a time: [P] temporaries, not [T, P]
         magnitude.add_(torch.abs(row, out=scratch))
-    sign = torch.addcmul(total, uniform.mul_(2).sub_(1), magnitude, value=-1).sign_()
-    kept = torch.addcmul(total, sign, magnitude).mul_(sign).mul_(sign).mul_(0.5)
-    update = kept if leak == 0 else kept.mul_(1 - leak).add_(total, alpha=leak)
     cancelled = 1 - torch.linalg.vector_norm(total, ord=1) / magnitude.sum().clamp_min(1e-30)
-    return update, cancelled
+    # in place, so that four [P] vectors are all it holds: the sign in ``uniform``, the kept sum in ``scratch``
+    sign = torch.addcmul(total, uniform.mul_(2).sub_(1), magnitude, value=-1, out=uniform).sign_()  # sign(S - (2U-1)A)
+    kept = torch.addcmul(total, sign, magnitude, out=scratch).mul_(sign).mul_(sign).mul_(0.5)
+    return (kept if leak == 0 else kept.mul_(1 - leak).add_(total, alpha=leak)), cancelled
 
 
 class GradDrop(PerTaskGradients):
