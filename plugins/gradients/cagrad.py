@@ -69,11 +69,16 @@ def line_minimum(value_slope, q0, q1, q2, radius, limit):
     return torch.where(q2 <= EPS, torch.zeros_like(limit), gamma)
 
 
+def ball_radius(gram: Tensor, c: float) -> Tensor:
+    """[B, T, T] Gram matrices -> [B]: c |g_0|, g_0 the mean gradient."""
+    return c * gram.mean((-1, -2)).clamp_min(0).sqrt()
+
+
 def conflict_averse_weights(gram: Tensor, c: float, iterations: int) -> Tensor:
     """[B, T, T] Gram matrices -> [B, T] w on the simplex minimizing g_w . g_0 + c |g_0| |g_w|."""
     blocks, count, _ = gram.shape
     u = gram.mean(-1)  # [B, T]: g_t . g_0
-    radius = c * gram.mean((-1, -2)).clamp_min(0).sqrt()  # [B]: c |g_0|
+    radius = ball_radius(gram, c)
     w = gram.new_full((blocks, count), 1.0 / count)
     for _ in range(iterations):
         gw = (gram @ w.unsqueeze(-1)).squeeze(-1)  # [B, T]: g_t . g_w
@@ -100,7 +105,7 @@ class CAGrad(PerTaskGradients):
         c, count = self.options.c, gram.shape[1]
         g64 = gram.double()
         w = conflict_averse_weights(g64, c, self.options.iterations)
-        radius = c * g64.mean((-1, -2)).clamp_min(0).sqrt()
+        radius = ball_radius(g64, c)
         norm_w = torch.einsum("bi,bij,bj->b", w, g64, w).clamp_min(0).sqrt()
         scale = radius / norm_w.clamp_min(EPS)
         weights = 1.0 / count + scale[:, None] * w  # d = sum_t (1/T + c|g_0| w_t / |g_w|) g_t

@@ -86,14 +86,15 @@ class NashMTL(PerTaskGradients):
         self.solves = int(state["solves"])
 
     def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
+        where = self.index(present)  # one copy of the positions per step
         if self.solves % self.options.update_every == 0:
             g64 = gram.double()
             scale = g64.flatten(1).norm(dim=-1).clamp_min(1e-30)  # n = |G|_F per block
             alpha = bargaining_weights(g64 / scale[:, None, None], self.options.iterations)
             alpha = (alpha / scale.sqrt()[:, None]).to(gram.dtype)  # G alpha' = 1/alpha' for G/n
-            self.alpha[:, self.index(present)] = alpha
+            self.alpha[:, where] = alpha
         self.solves += 1
-        alpha = self.alpha[:, self.index(present)]
+        alpha = self.alpha[:, where]
         return torch.diag_embed(alpha), (alpha / alpha.sum(-1, keepdim=True)).amax(-1).mean()
 
 
