@@ -77,7 +77,7 @@ class Model:
         (sentence1, sentence2) pairs (pair tasks), in input order: class ids (int) for
         classification heads, scores (float) for regression and similarity heads."""
         from .build import label_spec, pair_encoding
-        from .data import Split, encode
+        from .data import texts_split
         from .evaluate import predict
 
         spec = self._task(task)
@@ -88,8 +88,7 @@ class Model:
             return []
         p = self._predictor
         tokenizer, max_length = p.model.encoder.tokenizer, p.spec.data.max_length
-        parts = encode(tokenizer, texts, pairs, max_length, pair_encoding(p.registry, spec.head))
-        split = Split(task, "input", Path("<inputs>"), [str(i) for i in range(len(texts))], parts, None)
+        split = texts_split(task, texts, pairs, tokenizer, max_length, pair_encoding(p.registry, spec.head))
         values = predict(p.model, task, split, batch_size, p.device, p.pad_id, contextlib.nullcontext)
         cast = float if label_spec(p.registry, spec.head).real_valued else int
         return [cast(v) for v in values.tolist()]

@@ -8,6 +8,7 @@ instead of failing somewhere inside the loop.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import attrs
 from torch import nn
 
 from .data import Split, load_split
-from .errors import PluginError
+from .datacache import Cache
+from .errors import MtbertError, PluginError
 from .interfaces import LabelSpec, ParamGroup
 from .model import MultitaskModel
 from .paths import expand
@@ -89,8 +91,35 @@ class TaskParts:
     prediction_column: str
 
 
-def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev", "test")) -> dict[str, TaskParts]:
+def data_cache(spec: Spec) -> Cache | None:
+    """Where tokenized splits are kept: data.cache_dir, else $MTBERT_CACHE, else <out>/.cache."""
+    if not spec.data.cache:
+        return None
+    return Cache(expand(spec.data.cache_dir or os.environ.get("MTBERT_CACHE") or Path(spec.out) / ".cache"))
+
+
+def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev", "test"),
+                progress: bool = False, dist=None) -> dict[str, TaskParts]:
+    """Every task's parts, its files read and tokenized. Under torchrun with the cache on, the
+    first process builds the cache entries and the others map them once they are written."""
+    if dist is not None and dist.world > 1 and spec.data.cache:
+        failed = True
+        if dist.main:
+            try:
+                tasks = _build_tasks(spec, registry, tokenizer, splits, progress)
+                failed = False
+            finally:
+                dist.broadcast_object(failed)
+            return tasks
+        if dist.broadcast_object(None):
+            raise MtbertError("the first process could not read the data (its message says why)")
+        return _build_tasks(spec, registry, tokenizer, splits, False)
+    return _build_tasks(spec, registry, tokenizer, splits, progress)
+
+
+def _build_tasks(spec: Spec, registry: Registry, tokenizer, splits, progress: bool) -> dict[str, TaskParts]:
     data_dir = expand(spec.data.dir)
+    cache = data_cache(spec)
     tasks = {}
     for name, task in spec.tasks.items():
         labels = label_spec(registry, task.head)
@@ -100,7 +129,8 @@ def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev
             if split in splits:
                 loaded[split] = load_split(name, split, data_dir / file, reader, task.data, labels, tokenizer,
                                            spec.data.max_length, pair_encoding(registry, task.head),
-                                           labeled=split != "test")
+                                           labeled=split != "test", cache=cache,
+                                           reader_id=repr(task.data.reader), progress=progress)
         metrics = {m.name: make(registry, m, labels) for m in task.metrics}
         tasks[name] = TaskParts(name, task.weight, make(registry, task.loss, labels), metrics, labels, loaded,
                                 task.prediction_column)

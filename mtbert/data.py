@@ -1,34 +1,37 @@
-"""Task data: read rows, check labels, tokenize once, and batch with dynamic padding.
+"""Task data: read rows, check labels, tokenize once into arrays, and batch with dynamic padding.
 
 Rows with an empty label are skipped and counted (the Quora files have two
 such rows each); anything malformed stops the run before training with the
-file, line and problem (DataError).
+file, line and problem (DataError). A file is read in one pass, a chunk of
+rows at a time through the fast tokenizer's batch API, into flat arrays
+(mtbert/tokenized.py) that are, by default, written to the tokenized cache
+(mtbert/datacache.py) and memory-mapped: later runs with the same file,
+tokenizer and settings map them without reading the file again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
 from typing import Iterator
 
 import attrs
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from .datacache import Cache, MemorySink, file_fingerprint, key_of
 from .distributed import shard
 from .errors import DataError
 from .interfaces import LabelSpec
+from .tokenized import Strings, Tokens
 
 log = logging.getLogger(__name__)
 
-
-@attrs.define
-class Tokens:
-    """Token ids (and token types) of one sequence per example."""
-
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]]
+CHUNK = 8192  # rows read and tokenized at a time: bounded memory, and big enough for the batch API
 
 
 @attrs.define
@@ -38,16 +41,18 @@ class Split:
     task: str
     name: str  # train / dev / test
     path: Path
-    ids: list[str]
+    ids: Strings
     parts: list[Tokens]  # one Tokens (single text, or a cross-encoded pair) or two (bi-encoded pair)
     labels: Tensor | None  # None for unlabeled (test) files
     skipped: int = 0  # rows dropped for an empty label
+    cached: bool = False  # mapped from the tokenized cache rather than tokenized by this run
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def lengths(self) -> list[int]:
-        return [sum(len(p.input_ids[i]) for p in self.parts) for i in range(len(self))]
+    def lengths(self) -> np.ndarray:
+        """Tokens per example, all parts together."""
+        return sum(part.lengths() for part in self.parts)
 
 
 # -- labels ------------------------------------------------------------------------------
@@ -111,10 +116,13 @@ class Rows:
     pairs: list[str] | None
     labels: list | None
     skipped: int
+    explicit_ids: bool = True  # False: the file has no id column and the ids are the row numbers
 
 
-def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: int | None) -> Rows:
-    """Read a file through its reader and check every row; label_spec None = no labels."""
+def read_chunks(path: Path, reader, columns, label_spec: LabelSpec | None, limit: int | None,
+                size: int = CHUNK) -> Iterator[Rows]:
+    """Read a file through its reader and check every row, ``size`` checked rows at a time;
+    label_spec None = no labels. ``skipped`` of each chunk counts the rows it dropped."""
     wanted = {"text": columns.text}
     if columns.text_pair:
         wanted["text_pair"] = columns.text_pair
@@ -122,11 +130,18 @@ def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: 
         wanted["label"] = columns.label
     if columns.id:
         wanted["id"] = columns.id
-    rows = Rows([], [], [] if columns.text_pair else None, [] if label_spec else None, 0)
-    seen: dict[str, int] = {}
+    duplicates = _DuplicateIds(path, reader) if columns.id else None
+    taken = 0  # rows kept or skipped so far (what ``limit`` counts)
+    count = 0  # rows kept so far (the ids of a file without an id column)
+
+    def fresh() -> Rows:
+        return Rows([], [], [] if columns.text_pair else None, [] if label_spec else None, 0, bool(columns.id))
+
+    rows = fresh()
     for line, row in reader.rows(path):
-        if limit is not None and len(rows.texts) + rows.skipped >= limit:
+        if limit is not None and taken >= limit:
             break
+        taken += 1
         missing = [col for col in wanted.values() if col not in row]
         if missing:
             raise DataError(path, line, f"no column {missing[0]!r} (columns here: {sorted(row)})",
@@ -140,11 +155,9 @@ def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: 
                 raise DataError(path, line, f"column {wanted[key]!r} holds {_short(row[wanted[key]])}, not text")
             if key in wanted and not _encodable(row[wanted[key]]):
                 raise DataError(path, line, f"column {wanted[key]!r} holds invalid Unicode (a lone surrogate)")
-        ident = str(row[columns.id]).strip() if columns.id else str(len(rows.ids))
-        if ident in seen:
-            raise DataError(path, line, f"duplicate id {ident!r} (first on line {seen[ident]})",
-                            "ids name the rows of the prediction files, so they must be unique")
-        seen[ident] = line
+        ident = str(row[columns.id]).strip() if columns.id else str(count)
+        if duplicates is not None:
+            duplicates.add(ident, line)
         if label_spec is not None:
             try:
                 rows.labels.append(parse_label(row[columns.label], label_spec, columns.label_names))
@@ -154,38 +167,194 @@ def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: 
         rows.texts.append(row[columns.text].strip())
         if columns.text_pair:
             rows.pairs.append(row[columns.text_pair].strip())
-    return rows
+        count += 1
+        if len(rows.ids) == size:
+            if duplicates is not None:
+                duplicates.check_chunk()
+            yield rows
+            rows = fresh()
+    if duplicates is not None:
+        duplicates.check_chunk()
+        duplicates.check_all(columns.id)
+    if rows.ids or rows.skipped:
+        yield rows
 
 
-def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> Tokens:
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length,
-                        return_token_type_ids=True, return_attention_mask=False)
-    return Tokens(encoded["input_ids"], encoded["token_type_ids"])
+class _DuplicateIds:
+    """Unique ids without holding every id string: an exact check within each chunk, and one
+    over the whole file on 8-byte hashes; a clash of hashes is confirmed by reading the ids of
+    the clashing lines again (rare: only when the file has a duplicate)."""
+
+    def __init__(self, path: Path, reader):
+        self.path, self.reader = path, reader
+        self.chunk: dict[str, int] = {}
+        self.hashes: list[np.ndarray] = []
+        self.lines: list[np.ndarray] = []
+
+    def add(self, ident: str, line: int) -> None:
+        if ident in self.chunk:
+            raise DataError(self.path, line, f"duplicate id {ident!r} (first on line {self.chunk[ident]})",
+                            "ids name the rows of the prediction files, so they must be unique")
+        self.chunk[ident] = line
+
+    def check_chunk(self) -> None:
+        if self.chunk:
+            self.hashes.append(np.fromiter((_hash64(i) for i in self.chunk), dtype=np.int64, count=len(self.chunk)))
+            self.lines.append(np.fromiter(self.chunk.values(), dtype=np.int64, count=len(self.chunk)))
+            self.chunk = {}
+
+    def check_all(self, id_column: str) -> None:
+        if len(self.hashes) < 2:
+            return  # one chunk: checked exactly already
+        hashes, lines = np.concatenate(self.hashes), np.concatenate(self.lines)
+        order = np.argsort(hashes, kind="stable")
+        same = hashes[order][1:] == hashes[order][:-1]
+        if not same.any():
+            return
+        suspects = set(lines[order[1:][same]].tolist()) | set(lines[order[:-1][same]].tolist())
+        seen: dict[str, int] = {}
+        for line, row in self.reader.rows(self.path):
+            if line in suspects:
+                ident = str(row[id_column]).strip()
+                if ident in seen:
+                    raise DataError(self.path, line, f"duplicate id {ident!r} (first on line {seen[ident]})",
+                                    "ids name the rows of the prediction files, so they must be unique")
+                seen[ident] = line
 
 
-def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, pair_encoding: str) -> list[Tokens]:
-    """A split's token parts: one ([CLS] a [SEP] b [SEP] for a cross-encoded pair), or two for a bi-encoded pair."""
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little", signed=True)
+
+
+def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: int | None) -> Rows:
+    """The whole file's checked rows at once (for small files: the report's dev labels)."""
+    whole = Rows([], [], [] if columns.text_pair else None, [] if label_spec else None, 0, bool(columns.id))
+    for rows in read_chunks(path, reader, columns, label_spec, limit):
+        whole.ids += rows.ids
+        whole.texts += rows.texts
+        if whole.pairs is not None:
+            whole.pairs += rows.pairs
+        if whole.labels is not None:
+            whole.labels += rows.labels
+        whole.skipped += rows.skipped
+    return whole
+
+
+# -- tokenizing ----------------------------------------------------------------------------
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
+           pair_encoding: str) -> list[dict]:
+    """A chunk's token parts: one ([CLS] a [SEP] b [SEP] for a cross-encoded pair), or two for a bi-encoded pair."""
+    def tokenize(a, b):
+        return tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True,
+                         return_attention_mask=False)
     if pairs is not None and pair_encoding == "bi":
-        return [tokenize(tokenizer, texts, None, max_length), tokenize(tokenizer, pairs, None, max_length)]
-    return [tokenize(tokenizer, texts, pairs, max_length)]
+        return [tokenize(texts, None), tokenize(pairs, None)]
+    return [tokenize(texts, pairs)]
+
+
+def _append_chunk(sink, rows: Rows, encoded: list[dict], ends: list[int], real_valued: bool) -> None:
+    """One chunk's arrays onto the sink; ``ends`` is each part's running token count."""
+    from itertools import chain
+    for p, part in enumerate(encoded):
+        lengths = np.fromiter((len(r) for r in part["input_ids"]), dtype=np.int64, count=len(rows.ids))
+        total = int(lengths.sum())
+        sink.append(f"ids{p}", np.fromiter(chain.from_iterable(part["input_ids"]), dtype=np.int32, count=total))
+        sink.append(f"types{p}", np.fromiter(chain.from_iterable(part["token_type_ids"]), dtype=np.int8,
+                                             count=total))
+        sink.append(f"offsets{p}", ends[p] + np.cumsum(lengths))
+        ends[p] += total
+    if rows.labels is not None:
+        sink.append("labels", np.asarray(rows.labels, dtype=np.float32 if real_valued else np.int64))
+    if rows.explicit_ids:
+        encoded_ids = [i.encode("utf-8") for i in rows.ids]
+        sink.append("rowids", np.frombuffer(b"".join(encoded_ids), dtype=np.uint8))
+        lengths = np.fromiter((len(b) for b in encoded_ids), dtype=np.int64, count=len(encoded_ids))
+        sink.append("rowid_offsets", ends[-1] + np.cumsum(lengths))
+        ends[-1] += int(lengths.sum())
+
+
+def _tokenize_file(sink, path, reader, columns, label_spec, tokenizer, max_length, pair_encoding, labeled,
+                   progress: bool, what: str) -> dict:
+    """Read, check and tokenize the whole file onto ``sink``; returns the split's meta."""
+    parts = 2 if columns.text_pair and pair_encoding == "bi" else 1
+    ends = [0] * (parts + 1)  # running token counts per part, then the id bytes
+    for p in range(parts):
+        sink.append(f"offsets{p}", np.zeros(1, dtype=np.int64))
+    if columns.id:
+        sink.append("rowid_offsets", np.zeros(1, dtype=np.int64))
+    count = skipped = 0
+    bar = tqdm(desc=f"reading {what}", unit=" rows", disable=not progress, delay=1.0, leave=False)
+    try:
+        for rows in read_chunks(path, reader, columns, label_spec if labeled else None, columns.limit):
+            skipped += rows.skipped
+            if rows.ids:
+                encoded = encode(tokenizer, rows.texts, rows.pairs, max_length, pair_encoding)
+                _append_chunk(sink, rows, encoded, ends, label_spec.real_valued)
+            count += len(rows.ids)
+            bar.update(len(rows.ids) + rows.skipped)
+    finally:
+        bar.close()
+    if not count:
+        raise DataError(path, None, "no examples" + (f" ({skipped} rows with empty labels)" if skipped
+                                                    else " (the file has a header but no rows)"))
+    return {"rows": count, "skipped": skipped, "parts": parts, "labeled": labeled, "explicit_ids": bool(columns.id)}
+
+
+def _split_from(task, split, path, arrays: dict[str, np.ndarray], meta: dict, cached: bool) -> Split:
+    parts = [Tokens(arrays[f"ids{p}"], arrays[f"types{p}"], arrays[f"offsets{p}"]) for p in range(meta["parts"])]
+    ids = Strings(meta["rows"], arrays.get("rowids"), arrays.get("rowid_offsets")) if meta["explicit_ids"] \
+        else Strings(meta["rows"])
+    labels = torch.from_numpy(arrays["labels"]) if meta["labeled"] else None
+    return Split(task, split, Path(path), ids, parts, labels, meta["skipped"], cached)
+
+
+def texts_split(task: str, texts: list[str], pairs: list[str] | None, tokenizer, max_length: int,
+                pair_encoding: str) -> Split:
+    """An unlabeled split of sentences given in memory (the Python API's inputs), ids 0..n-1."""
+    rows = Rows([str(i) for i in range(len(texts))], texts, pairs, None, 0, explicit_ids=False)
+    sink, ends = MemorySink(), [0, 0, 0]
+    encoded = encode(tokenizer, texts, pairs, max_length, pair_encoding)
+    for p in range(len(encoded)):
+        sink.append(f"offsets{p}", np.zeros(1, dtype=np.int64))
+    _append_chunk(sink, rows, encoded, ends, False)
+    meta = {"rows": len(texts), "skipped": 0, "parts": len(encoded), "labeled": False, "explicit_ids": False}
+    return _split_from(task, "input", Path("<inputs>"), sink.arrays(), meta, False)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What decides the token ids: the fast tokenizer's whole definition (or the vocabulary and settings)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\0{text}".encode()).hexdigest()
 
 
 def load_split(task: str, split: str, path: Path, reader, columns, label_spec: LabelSpec,
-               tokenizer, max_length: int, pair_encoding: str, labeled: bool) -> Split:
-    if not Path(path).is_file():
-        raise DataError(path, None, "file not found")
-    rows = read_rows(path, reader, columns, label_spec if labeled else None, columns.limit)
-    if not rows.ids:
-        raise DataError(path, None, "no examples" + (f" ({rows.skipped} rows with empty labels)" if rows.skipped
-                                                    else " (the file has a header but no rows)"))
-    if rows.skipped:
-        log.info("%s %s: skipped %d row(s) with an empty label in %s", task, split, rows.skipped, path)
-    parts = encode(tokenizer, rows.texts, rows.pairs, max_length, pair_encoding)
-    labels = None
-    if rows.labels is not None:
-        dtype = torch.float32 if label_spec.real_valued else torch.long
-        labels = torch.tensor(rows.labels, dtype=dtype)
-    return Split(task, split, Path(path), rows.ids, parts, labels, rows.skipped)
+               tokenizer, max_length: int, pair_encoding: str, labeled: bool,
+               cache: Cache | None = None, reader_id: str = "", progress: bool = False) -> Split:
+    """A file read, checked and tokenized; with ``cache``, mapped from its entry when there is one."""
+    reader.locate(path)
+    what = f"{task} {split}"
+    fill = lambda sink: _tokenize_file(sink, path, reader, columns, label_spec, tokenizer,  # noqa: E731
+                                       max_length, pair_encoding, labeled, progress, what)
+    if cache is None:
+        sink = MemorySink()
+        meta = fill(sink)
+        arrays, cached = sink.arrays(), False
+    else:
+        key = key_of({"file": reader.fingerprint(path), "reader": reader_id,
+                      "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length,
+                      "pair_encoding": pair_encoding, "labeled": labeled, "labels": repr(label_spec),
+                      "columns": [columns.text, columns.text_pair, columns.label, columns.id,
+                                  columns.label_names, columns.limit]})
+        found = cache.load(key)
+        cached = found is not None
+        arrays, meta = found if cached else cache.build(key, fill)
+        log.debug("%s: %s tokenized cache entry %s", what, "mapped" if cached else "wrote", cache.root / key)
+    if meta["skipped"]:
+        log.info("%s: skipped %d row(s) with an empty label in %s", what, meta["skipped"], path)
+    return _split_from(task, split, path, arrays, meta, cached)
 
 
 # -- batching ------------------------------------------------------------------------------
@@ -193,26 +362,24 @@ def load_split(task: str, split: str, path: Path, reader, columns, label_spec: L
 PART_SUFFIX = ("", "_b")  # batch keys of the first and second sequence of a bi-encoded pair
 
 
-def collate(split: Split, indices: list[int], pad_id: int) -> dict[str, Tensor]:
+def collate(split: Split, indices, pad_id: int) -> dict[str, Tensor]:
     """Pad the examples at ``indices`` to the longest among them (dynamic padding)."""
+    indices = np.asarray(indices, dtype=np.int64)
     batch: dict[str, Tensor] = {}
     for part, suffix in zip(split.parts, PART_SUFFIX):
-        lengths = [len(part.input_ids[i]) for i in indices]
-        width = max(lengths)
-        # padded as Python lists, then one tensor per field (not one per row: this runs every step)
-        batch["input_ids" + suffix] = torch.tensor(
-            [part.input_ids[i] + [pad_id] * (width - n) for i, n in zip(indices, lengths)], dtype=torch.long)
-        batch["token_type_ids" + suffix] = torch.tensor(
-            [part.token_type_ids[i] + [0] * (width - n) for i, n in zip(indices, lengths)], dtype=torch.long)
-        batch["attention_mask" + suffix] = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+        ids, mask = part.input_ids.padded(indices, pad_id)
+        types, _ = part.token_type_ids.padded(indices, 0)
+        batch["input_ids" + suffix] = torch.from_numpy(ids)
+        batch["token_type_ids" + suffix] = torch.from_numpy(types)
+        batch["attention_mask" + suffix] = torch.from_numpy(mask.astype(np.int64))
+    index = torch.from_numpy(indices.copy())
     if split.labels is not None:
-        batch["labels"] = split.labels[indices]
-    batch["index"] = torch.tensor(indices)
+        batch["labels"] = split.labels[index]
+    batch["index"] = index
     return batch
 
 
-def pass_order(lengths: list[int], batch_size: int, generator: torch.Generator,
-               buckets: bool) -> list[list[int]]:
+def pass_order(lengths, batch_size: int, generator: torch.Generator, buckets: bool) -> list[np.ndarray]:
     """One shuffled pass over a split as a list of batches of indices.
 
     With ``buckets``, the shuffled examples are cut into chunks of 50 batches,
@@ -220,14 +387,15 @@ def pass_order(lengths: list[int], batch_size: int, generator: torch.Generator,
     shuffled again: batches hold similar lengths (little padding) while the
     order stays random.
     """
-    order = torch.randperm(len(lengths), generator=generator).tolist()
+    order = torch.randperm(len(lengths), generator=generator).numpy()
+    if buckets:
+        # one stable sort by (chunk, length) is each chunk sorted by length, ties kept in shuffled order
+        lengths = np.asarray(lengths, dtype=np.int64)
+        chunk_of = np.arange(len(order)) // (50 * batch_size)
+        order = order[np.lexsort((lengths[order], chunk_of))]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if not buckets:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    chunk = 50 * batch_size
-    batches = []
-    for start in range(0, len(order), chunk):
-        piece = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches += [piece[i:i + batch_size] for i in range(0, len(piece), batch_size)]
+        return batches
     shuffle = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffle]
 
@@ -280,7 +448,6 @@ class TaskStream:
 
 def eval_batches(split: Split, batch_size: int, pad_id: int) -> Iterator[dict[str, Tensor]]:
     """Batches sorted by length (fastest to evaluate); ``index`` restores the order."""
-    lengths = split.lengths()
-    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    order = np.argsort(split.lengths(), kind="stable")
     for start in range(0, len(order), batch_size):
         yield collate(split, order[start:start + batch_size], pad_id)

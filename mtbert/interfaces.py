@@ -89,6 +89,18 @@ class Reader:
     def rows(self, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         raise NotImplementedError
 
+    def locate(self, path: Path) -> None:
+        """Raise DataError if there is nothing to read at ``path`` (default: it must be a file)."""
+        from .errors import DataError
+        if not Path(path).is_file():
+            raise DataError(path, None, "file not found")
+
+    def fingerprint(self, path: Path) -> str:
+        """A string that changes whenever the rows at ``path`` may have changed; it keys the
+        tokenized cache (default: a hash of the file's bytes, or of a directory's files)."""
+        from .datacache import file_fingerprint
+        return file_fingerprint(path)
+
 
 # -- heads: factory(config, hidden_size) -> Head ------------------------------------
 class Head(nn.Module):

@@ -63,6 +63,8 @@ def component(kind: str, default=_UNSET, **kwargs):
 class DataSpec:
     dir: str = "data"
     max_length: int = attrs.field(default=128, validator=at_least(8))
+    cache: bool = True  # keep tokenized splits on disk, memory-mapped (mtbert/datacache.py)
+    cache_dir: str | None = None  # default: $MTBERT_CACHE, else <out>/.cache
 
 
 @attrs.frozen(kw_only=True)

@@ -109,7 +109,8 @@ class Trainer:
             log.info("weights from %s", spec.init_from)
         tokenizer = self.model.encoder.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.tasks = build_tasks(spec, registry, tokenizer)  # reads and checks all data before training
+        # reads and checks all data before training
+        self.tasks = build_tasks(spec, registry, tokenizer, progress=self.show_bar, dist=self.dist)
         self.model.to(self.device)
         if cfg.compile:  # the forward only: module names (and checkpoints) stay as they are
             self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)

@@ -14,9 +14,17 @@ import torch
 from helpers import DATA, TINY_ENCODER
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tokenized-cache")
+
+
 @pytest.fixture(autouse=True)
-def _quiet_and_deterministic(monkeypatch):
+def _quiet_and_deterministic(monkeypatch, _session_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # one tokenized cache for the session (entries are keyed by content, so sharing is sound),
+    # never the repository's runs/.cache
+    monkeypatch.setenv("MTBERT_CACHE", str(_session_cache))
     monkeypatch.delenv("MTBERT_DATA", raising=False)  # tests pass data dirs explicitly
     torch.manual_seed(0)
 

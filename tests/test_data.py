@@ -116,7 +116,7 @@ def synthetic_split(lengths: list[int], labels: bool = True) -> Split:
     ids = [[i * 1000 + j + 1 for j in range(n)] for i, n in enumerate(lengths)]
     types = [[0] * n for n in lengths]
     label_tensor = torch.arange(len(lengths)) % 3 if labels else None
-    return Split("t", "train", Path("x"), [str(i) for i in range(len(lengths))], [Tokens(ids, types)],
+    return Split("t", "train", Path("x"), [str(i) for i in range(len(lengths))], [Tokens.from_lists(ids, types)],
                  label_tensor)
 
 
@@ -498,7 +498,7 @@ def test_bi_encoded_pair(registry, tmp_path, tok):
     assert split.parts[0].input_ids[0] == [cls, *piece_ids(tok, "a cat"), sep]
     assert split.parts[1].input_ids[0] == [cls, *piece_ids(tok, "the dog sat"), sep]
     assert all(t == 0 for part in split.parts for seq in part.token_type_ids for t in seq)
-    assert split.lengths() == [len(split.parts[0].input_ids[i]) + len(split.parts[1].input_ids[i]) for i in (0, 1)]
+    assert split.lengths().tolist() == [len(split.parts[0].input_ids[i]) + len(split.parts[1].input_ids[i]) for i in (0, 1)]
     batch = collate(split, [0, 1], tok.pad_token_id)
     assert {"input_ids", "token_type_ids", "attention_mask", "input_ids_b", "token_type_ids_b",
             "attention_mask_b", "labels", "index"} == set(batch)
