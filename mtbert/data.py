@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from .datacache import Cache, MemorySink, file_fingerprint, key_of
 from .distributed import shard
 from .errors import DataError
+from .fasttok import FastBertEncoder
 from .interfaces import LabelSpec
 from .tokenized import Strings, Tokens
 
@@ -246,12 +248,30 @@ def read_rows(path: Path, reader, columns, label_spec: LabelSpec | None, limit: 
 def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
            pair_encoding: str) -> list[dict]:
     """A chunk's token parts: one ([CLS] a [SEP] b [SEP] for a cross-encoded pair), or two for a bi-encoded pair."""
+    fast = _fast_encoder(tokenizer)
+
     def tokenize(a, b):
+        if fast is not None:
+            ids, types = fast.encode(a, b, max_length)
+            return {"input_ids": ids, "token_type_ids": types}
         return tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True,
                          return_attention_mask=False)
     if pairs is not None and pair_encoding == "bi":
         return [tokenize(texts, None), tokenize(pairs, None)]
     return [tokenize(texts, pairs)]
+
+
+_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fast_encoder(tokenizer) -> FastBertEncoder | None:
+    """The ASCII fast path for this tokenizer (mtbert/fasttok.py), made once per tokenizer."""
+    try:
+        if tokenizer not in _FAST:
+            _FAST[tokenizer] = FastBertEncoder.for_tokenizer(tokenizer)
+        return _FAST[tokenizer]
+    except TypeError:  # not weak-referenceable: build it each time
+        return FastBertEncoder.for_tokenizer(tokenizer)
 
 
 def _append_chunk(sink, rows: Rows, encoded: list[dict], ends: list[int], real_valued: bool) -> None:

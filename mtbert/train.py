@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -110,7 +111,12 @@ class Trainer:
         tokenizer = self.model.encoder.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # reads and checks all data before training
+        started = time.perf_counter()
         self.tasks = build_tasks(spec, registry, tokenizer, progress=self.show_bar, dist=self.dist)
+        splits = [s for parts in self.tasks.values() for s in parts.splits.values()]
+        log.info("data ready in %.1f s: %d split(s), %d example(s), %d mapped from the tokenized cache",
+                 time.perf_counter() - started, len(splits), sum(len(s) for s in splits),
+                 sum(s.cached for s in splits))
         self.model.to(self.device)
         if cfg.compile:  # the forward only: module names (and checkpoints) stay as they are
             self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)
