@@ -98,6 +98,53 @@ def measure(command: list[str], env: dict, log: Path, cwd: Path = ROOT) -> dict:
             "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
 
 
+def memory_of(pid: int) -> dict[str, int] | None:
+    """Rss, Pss and private bytes of a process from /proc/<pid>/smaps_rollup (None once it is gone)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    except (OSError, ValueError):
+        return None
+    kb = lambda name: int(fields.get(name, "0 kB").split()[0]) * 1024  # noqa: E731
+    return {"rss": kb("Rss"), "pss": kb("Pss"), "private": kb("Private_Clean") + kb("Private_Dirty")}
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def torchrun_memory(spec: Path, cache: Path, out: Path, rows: int) -> dict:
+    """Two processes under torchrun on a fresh cache: the entry is built once (by the first rank)
+    and mapped by both; the peak RSS, PSS and private memory of each, sampled every 0.1 s."""
+    shutil.rmtree(cache, ignore_errors=True)
+    run_dir = out / f"run-{rows}-torchrun"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = {**os.environ, "MTBERT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "mtbert", "run", str(spec), "--no-progress", "--out", str(run_dir),
+               "--set", "train.steps=40"]
+    peaks: dict[int, dict[str, int]] = {}
+    with open(out / f"{rows}-torchrun.log", "w") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            for worker in children(process.pid):
+                now = memory_of(worker)
+                if now:
+                    peak = peaks.setdefault(worker, now)
+                    for k in now:
+                        peak[k] = max(peak[k], now[k])
+            time.sleep(0.1)
+    if process.returncode != 0:
+        raise SystemExit(f"torchrun failed ({process.returncode}); see {out / f'{rows}-torchrun.log'}")
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    gb = lambda b: round(b / 2**30, 3)  # noqa: E731
+    return {"cache_entries": len(entries),
+            "cache_gb": gb(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())),
+            "ranks": [{k: gb(v) for k, v in m.items()} for _, m in sorted(peaks.items())]}
+
+
 def peer_tree(rev: str, out: Path) -> Path:
     tree = out / f"peer-{rev}"
     if not tree.is_dir():
@@ -111,10 +158,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "data-scale")
     parser.add_argument("--peer", metavar="REV", help="also run git revision REV's code (no cache there)")
+    parser.add_argument("--torchrun", action="store_true",
+                        help="instead: two torchrun processes on the first --rows task, their memory")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = json.loads((out / "data-scale.json").read_text()) if (out / "data-scale.json").is_file() else {}
+    if args.torchrun:
+        rows = args.rows[0]
+        synthetic_tsv(out / "data" / f"sst-like-{rows}.tsv", rows)
+        spec = out / f"scale-{rows}.toml"
+        spec.write_text(SPEC.format(dir=out / "data", file=f"sst-like-{rows}.tsv"))
+        results[f"torchrun {rows}"] = record = torchrun_memory(spec, out / f"cache-{rows}-torchrun", out, rows)
+        (out / "data-scale.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(json.dumps(record, indent=1))
+        return
     for rows in args.rows:
         data = out / "data"
         data.mkdir(exist_ok=True)
@@ -147,6 +205,8 @@ def main() -> None:
         (out / "data-scale.json").write_text(json.dumps(results, indent=1) + "\n")
     print("\n| rows | run | wall time | training began | of which data | peak RSS |\n|---|---|---|---|---|---|")
     for rows, record in results.items():
+        if rows.startswith("torchrun"):
+            continue
         for phase, m in record.items():
             if isinstance(m, dict):
                 print(f"| {int(rows):,} | {phase} | {m['wall_s']:.1f} s | {m['training_began_s']} s | "

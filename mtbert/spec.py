@@ -178,13 +178,31 @@ class SpecStructurer(Structurer):
         obj = super().structure_attrs(cls, value, path)
         if obj is not None and cls is TaskData and self.data_dir is not None:
             for split, file in obj.files().items():
-                if not is_file(self.data_dir / file):
-                    self.problem(f"{path}.{split}", f"file {self.data_dir / file} not found")
+                problem = self._missing(obj.reader, self.data_dir / file)
+                if problem:
+                    self.problem(f"{path}.{split}", problem)
         if obj is not None and cls is TaskSpec:
             self.problems += check_task(path.split(".", 1)[1], obj, self.registry)
         if obj is not None and cls is Spec:
             self.problems += check_run(obj, self.registry)
         return obj
+
+    def _missing(self, reader_spec: ComponentSpec, path: Path) -> str | None:
+        """Why the reader finds nothing to read at ``path`` (a reader may take a directory or a name)."""
+        from .build import make
+        from .errors import MtbertError
+        from .interfaces import Reader
+        try:
+            reader = make(self.registry, reader_spec)
+        except MtbertError:
+            return None  # the reader's own problem is reported where its spec is
+        if type(reader).locate is Reader.locate:
+            return None if is_file(path) else f"file {path} not found"
+        try:
+            reader.locate(path)
+        except MtbertError as exc:
+            return str(exc).replace("\n  fix:", "; fix:")
+        return None
 
     def special(self, tp, value, path, field):
         if tp is not ComponentSpec:

@@ -724,3 +724,47 @@ def test_eval_batches_on_sst(sst_train):
     assert sorted(flat) == list(range(len(sst_train)))
     lengths = sst_train.lengths()
     assert [lengths[i] for i in flat] == sorted(lengths)
+
+
+# -- the array-backed batches equal the list-based ones they replaced ----------------------------
+
+def list_pass_order(lengths, batch_size, generator, buckets):
+    """The batching of the list-based data layer (before issue 14), kept as the reference."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if not buckets:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    chunk = 50 * batch_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        piece = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches += [piece[i:i + batch_size] for i in range(0, len(piece), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def list_collate(ids, types, labels, indices, pad_id):
+    lengths = [len(ids[i]) for i in indices]
+    width = max(lengths)
+    return {"input_ids": torch.tensor([ids[i] + [pad_id] * (width - n) for i, n in zip(indices, lengths)]),
+            "token_type_ids": torch.tensor([types[i] + [0] * (width - n) for i, n in zip(indices, lengths)]),
+            "attention_mask": (torch.arange(width) < torch.tensor(lengths)[:, None]).long(),
+            "labels": labels[indices], "index": torch.tensor(indices)}
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+@pytest.mark.parametrize("rows,batch_size", [(1000, 8), (3457, 32), (64, 64)])
+def test_array_batches_equal_the_list_based_batches(rows, batch_size, buckets):
+    rng = torch.Generator().manual_seed(rows)
+    lengths = torch.randint(2, 40, (rows,), generator=rng).tolist()  # many ties: the sort must be stable
+    ids = [torch.randint(0, 30000, (n,), generator=rng).tolist() for n in lengths]
+    types = [[0] * (n // 2) + [1] * (n - n // 2) for n in lengths]
+    labels = torch.arange(rows) % 5
+    split = Split("t", "train", Path("x"), [str(i) for i in range(rows)], [Tokens.from_lists(ids, types)], labels)
+    for seed in (1, 2):
+        new = pass_order(split.lengths(), batch_size, torch.Generator().manual_seed(seed), buckets)
+        old = list_pass_order(lengths, batch_size, torch.Generator().manual_seed(seed), buckets)
+        assert [b.tolist() for b in new] == old
+        for batch in old[:20]:
+            got, want = collate(split, batch, 0), list_collate(ids, types, labels, batch, 0)
+            assert got.keys() == want.keys()
+            assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
