@@ -42,6 +42,8 @@ CORE = {
     DataSpec: ("`[data]`", {
         "dir": "The folder holding the data files; `MTBERT_DATA` overrides it; relative to the current directory.",
         "max_length": "Token limit per sequence (a cross-encoded pair counts as one sequence).",
+        "cache": "Keep each tokenized file on disk, memory-mapped, for later runs (README, \"Large data\").",
+        "cache_dir": "Where the tokenized cache lives; default `$MTBERT_CACHE`, else `<out>/.cache`.",
     }),
     TaskSpec: ("`[tasks.<name>]`", {
         "data": "Where the task's examples are (`[tasks.<name>.data]`).",
@@ -53,7 +55,7 @@ CORE = {
     }),
     TaskData: ("`[tasks.<name>.data]`", {
         "reader": "The file format (kind `readers`).",
-        "train": "Training file, relative to `data.dir`.",
+        "train": "Training file, relative to `data.dir` (for `hf_dataset`: a directory, or `hf://OWNER/NAME:SPLIT`).",
         "dev": "Development file: scored at each evaluation; chooses the best checkpoint.",
         "test": "Unlabeled file: predicted with the best checkpoint at the end.",
         "text": "Column of the (first) text.",

@@ -30,8 +30,8 @@ HUB = "hf:"
 
 @attrs.frozen
 class HfDatasetOptions:
-    split: str = "train"  # for a directory of data files read with load_dataset
-    batch_rows: int = 4096
+    split: str = "train"  # the split of a directory of data files read with load_dataset
+    batch_rows: int = 4096  # rows converted to Python at a time
 
     def check(self):
         if self.batch_rows < 1:

@@ -21,7 +21,7 @@ from mtbert.interfaces import Reader
 
 @attrs.frozen
 class ParquetOptions:
-    batch_rows: int = attrs.field(default=8192)
+    batch_rows: int = 8192  # rows converted to Python at a time
 
     def check(self):
         if self.batch_rows < 1:
