@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import weakref
+from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
@@ -276,7 +277,6 @@ def _fast_encoder(tokenizer) -> FastBertEncoder | None:
 
 def _append_chunk(sink, rows: Rows, encoded: list[dict], ends: list[int], real_valued: bool) -> None:
     """One chunk's arrays onto the sink; ``ends`` is each part's running token count."""
-    from itertools import chain
     for p, part in enumerate(encoded):
         lengths = np.fromiter((len(r) for r in part["input_ids"]), dtype=np.int64, count=len(rows.ids))
         total = int(lengths.sum())

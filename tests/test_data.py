@@ -552,7 +552,8 @@ def test_text_is_stripped(registry, tmp_path, tok):
 
 @pytest.mark.parametrize("encoding, calls", [("cross", 1), ("bi", 2)])
 def test_load_split_tokenizes_once(registry, tmp_path, tok, encoding, calls):
-    rows = "".join(f"r{i}\tfirst {i}\tsecond sentence {i}\t{i % 2}\n" for i in range(50))
+    # non-ASCII text, so that the tokenizer itself is used (mtbert/fasttok.py takes plain ASCII)
+    rows = "".join(f"r{i}\tfirst {i} café\tsecond sentence {i} naïve\t{i % 2}\n" for i in range(50))
     path = write(tmp_path, "p.tsv", "id\ts1\ts2\tlabel\n" + rows)
     counting = CountingTokenizer(tok)
     split = load(path, registry, counting, head="binary", text="s1", text_pair="s2", pair_encoding=encoding)
