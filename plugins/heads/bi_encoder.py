@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Encoded, Head, LabelSpec
+from mtbert.interfaces import Encoded, Head, LabelSpec, SentenceEmbedding
 from mtbert.pooling import pool
 from mtbert.structure import at_least, probability
 
@@ -102,6 +102,15 @@ class PairFeatureHead(Head):
         u, v = sentence_vectors(encoded, self.pooling, self.head_name)
         return self.linear(self.dropout(pair_features(u, v)))
 
+    def as_sequence_classifier(self):
+        return ("a bi-encoder head classifies [u, v, |u - v|, u * v] of two sentences encoded apart; "
+                "AutoModelForSequenceClassification encodes one joint sequence")
+
+    def as_sentence_embedding(self):
+        if self.pooling == "pooler":
+            return "the head reads BERT's tanh pooler, which sentence-transformers' Pooling has no mode for"
+        return SentenceEmbedding(self.pooling)
+
 
 class BiClassifier(PairFeatureHead):
     """Sentence-pair classification (bi-encoder): num_labels logits on [u, v, |u-v|, u*v]."""
@@ -166,6 +175,17 @@ class Cosine(Head):
             u, v = self.projection(u), self.projection(v)
         cosine = F.cosine_similarity(u.float(), v.float(), dim=-1)
         return self.scale * cosine + self.bias if self.affine else cosine
+
+    def as_sequence_classifier(self):
+        return ("the cosine head compares two sentences encoded apart; AutoModelForSequenceClassification "
+                "encodes one joint sequence")
+
+    def as_sentence_embedding(self):
+        if self.projection is not None:
+            return "the head projects the sentence vectors through its MLP (mlp = ...) before the cosine"
+        if self.pooling == "pooler":
+            return "the head reads BERT's tanh pooler, which sentence-transformers' Pooling has no mode for"
+        return SentenceEmbedding(self.pooling, normalize=True)  # the cosine is the dot of unit vectors
 
     def predict(self, output: Tensor) -> Tensor:
         output = output.float()

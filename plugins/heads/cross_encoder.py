@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Head, LabelSpec
+from mtbert.interfaces import Head, LabelSpec, SentenceEmbedding, SequenceClassifier
 from mtbert.pooling import pool
 from mtbert.structure import at_least, probability
 
@@ -83,6 +83,26 @@ class LinearHead(Head):
     def forward(self, encoded) -> Tensor:
         return self.linear(self.dropout(pool(encoded, self.pooling)))
 
+    # the export forms (mtbert/export.py)
+    problem_type = "single_label_classification"
+
+    def label_names(self) -> list[str]:
+        return [f"LABEL_{i}" for i in range(self.linear.out_features)]
+
+    def as_sequence_classifier(self):
+        if not isinstance(self.linear, nn.Linear):
+            return (f"the head has an MLP (mlp = {self.linear[0].out_features}): two layers, where "
+                    "AutoModelForSequenceClassification has one linear classifier")
+        if self.pooling != "pooler":
+            return (f"the head reads pooling = \"{self.pooling}\", but BERT's sequence classifier reads the tanh "
+                    "pooler; a head trained with pooling = \"pooler\" exports")
+        return SequenceClassifier(self.linear, self.problem_type, self.label_names())
+
+    def as_sentence_embedding(self):
+        if self.pooling == "pooler":
+            return "the head reads BERT's tanh pooler, which sentence-transformers' Pooling has no mode for"
+        return SentenceEmbedding(self.pooling)
+
 
 class Classifier(LinearHead):
     """Multi-class classification: num_labels logits over the pooled vector."""
@@ -100,6 +120,7 @@ class Binary(LinearHead):
     """Binary classification: one logit over the pooled vector."""
 
     output_kind = "binary"
+    problem_type = "multi_label_classification"  # one logit under BCE: transformers' binary form
 
     def __init__(self, options: BinaryOptions, hidden_size: int):
         super().__init__(options, hidden_size, 1)
@@ -115,6 +136,7 @@ class Regression(LinearHead):
     """Regression: one real score over the pooled vector."""
 
     output_kind = "regression"
+    problem_type = "regression"
 
     def __init__(self, options: RegressionOptions, hidden_size: int):
         super().__init__(options, hidden_size, 1)
