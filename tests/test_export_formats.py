@@ -62,7 +62,8 @@ def runs(tmp_path_factory, registry):
     root = tmp_path_factory.mktemp("formats")
     return {"pooler": make_run(registry, root, "pooler", POOLER, steps=150),
             "bi": make_run(registry, root, "bi", BI),
-            "pals": make_run(registry, root, "pals", BI, adapters=[{"name": "pals"}])}
+            "pals": make_run(registry, root, "pals", BI, adapters=[{"name": "pals"}]),
+            "lora": make_run(registry, root, "lora", POOLER, adapters=[{"name": "lora", "r": 4, "alpha": 8.0}])}
 
 
 def head_outputs(run, task, inputs):
@@ -170,6 +171,20 @@ def test_onnx_under_onnxruntime_gives_mtberts_outputs(runs, tmp_path, run, task,
         feed = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     theirs = torch.from_numpy(session.run(None, feed)[0])
     assert torch.allclose(theirs, head_outputs(runs[run], task, inputs), atol=1e-4, rtol=0)
+
+
+def test_lora_is_merged_into_the_classifier_export(runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "lora"
+    exported = export(runs["lora"], out, task="count", fmt="transformers")
+    assert any("LoRA merged" in note for note in exported.notes)
+    model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    enc = tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        scores = model(**enc).logits.squeeze(-1)
+    assert torch.allclose(scores, head_outputs(runs["lora"], "count", PAIRS), atol=1e-4, rtol=0)
 
 
 def test_heads_that_do_not_map_are_refused_with_the_formats_that_would(runs, tmp_path):
