@@ -244,3 +244,18 @@ def test_real_minilm_exports_as_sentence_transformer_and_onnx(registry, tmp_path
     assert torch.allclose(theirs, mtbert_api.load(run).embed(TEXTS, task="count"), atol=1e-5, rtol=0)
     export(run, tmp_path / "onnx", task="count", fmt="onnx")  # checked against mtbert while writing
     assert (tmp_path / "onnx" / "model.onnx").stat().st_size > 20_000_000
+
+
+def test_real_minilm_classifier_through_pipeline_and_cross_encoder(registry, tmp_path):
+    from sentence_transformers import CrossEncoder
+    from transformers import pipeline
+
+    encoder = {"name": "minbert", "pretrained": "minilm-l6"}
+    run = make_run(registry, tmp_path, "minilm-pooler", POOLER, encoder=encoder, steps=1)
+    export(run, tmp_path / "sent", task="sent", fmt="transformers")
+    texts = dev_texts(run, 20)
+    labels = pipeline("text-classification", model=str(tmp_path / "sent"), device="cpu")(texts)
+    assert [int(r["label"].split("_")[1]) for r in labels] == mtbert_api.load(run).predict("sent", texts)
+    export(run, tmp_path / "count", task="count", fmt="transformers")
+    scores = torch.as_tensor(CrossEncoder(str(tmp_path / "count"), device="cpu").predict(PAIRS))
+    assert torch.allclose(scores.float(), head_outputs(run, "count", PAIRS), atol=1e-4, rtol=0)
