@@ -194,7 +194,12 @@ def main() -> None:
         record["cache_bytes"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
         if args.peer:
             tree = peer_tree(args.peer, out)
-            peer_env = {**env, "PYTHONPATH": str(tree)}
+            # the peer's own plugins too: a mtbert_plugins link ahead of the editable install's mapping
+            (out / "peer-path").mkdir(exist_ok=True)
+            link = out / "peer-path" / "mtbert_plugins"
+            if not link.exists():
+                link.symlink_to(tree / "plugins")
+            peer_env = {**env, "PYTHONPATH": f"{tree}{os.pathsep}{out / 'peer-path'}"}
             run_dir = out / f"run-{rows}-peer"
             shutil.rmtree(run_dir, ignore_errors=True)
             # run from the peer's tree: ``python -m`` puts the working directory first on the path
