@@ -9,6 +9,12 @@ is allowed to show its traceback.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An outside library's exception in one short line, for a message that names the fix."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__
+
+
 class MtbertError(Exception):
     """A problem the user can fix; the message says where and how."""
 

@@ -27,24 +27,32 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
 
 
 @torch.no_grad()
-def predict(model, task: str, split: Split, batch_size: int, device: torch.device, pad_id: int,
-            autocast=contextlib.nullcontext) -> Tensor:
-    """The head's predictions for every example of ``split``, in file order, on the CPU."""
+def in_file_order(model, split: Split, batch_size: int, device: torch.device, pad_id: int, per_batch) -> Tensor:
+    """``per_batch(batch)`` over the split's length-sorted batches, in eval mode, put back in file
+    order on the CPU."""
     was_training = model.training
     model.eval()
-    head = model.heads[task]
     chunks, order = [], []
     for batch in eval_batches(split, batch_size, pad_id):
         batch = to_device(batch, device)
-        with autocast():
-            output = model(task, batch)
-        chunks.append(head.predict(output))
+        chunks.append(per_batch(batch))
         order.append(batch["index"])
     model.train(was_training)
-    predictions, index = torch.cat(chunks).cpu(), torch.cat(order).cpu()
-    ordered = torch.empty_like(predictions)
-    ordered[index] = predictions
+    values, index = torch.cat(chunks).cpu(), torch.cat(order).cpu()
+    ordered = torch.empty_like(values)
+    ordered[index] = values
     return ordered
+
+
+def predict(model, task: str, split: Split, batch_size: int, device: torch.device, pad_id: int,
+            autocast=contextlib.nullcontext) -> Tensor:
+    """The head's predictions for every example of ``split``, in file order, on the CPU."""
+    head = model.heads[task]
+
+    def per_batch(batch):
+        with autocast():
+            return head.predict(model(task, batch))
+    return in_file_order(model, split, batch_size, device, pad_id, per_batch)
 
 
 @torch.no_grad()
@@ -55,19 +63,10 @@ def embed(model, task: str | None, split: Split, how, batch_size: int, device: t
 
     from .pooling import pool
 
-    was_training = model.training
-    model.eval()
-    chunks, order = [], []
-    for batch in eval_batches(split, batch_size, pad_id):
-        batch = to_device(batch, device)
+    def per_batch(batch):
         vectors = pool(model.encode(task, batch), how.pooling).float()
-        chunks.append(F.normalize(vectors, dim=-1) if how.normalize else vectors)
-        order.append(batch["index"])
-    model.train(was_training)
-    vectors, index = torch.cat(chunks).cpu(), torch.cat(order).cpu()
-    ordered = torch.empty_like(vectors)
-    ordered[index] = vectors
-    return ordered
+        return F.normalize(vectors, dim=-1) if how.normalize else vectors
+    return in_file_order(model, split, batch_size, device, pad_id, per_batch)
 
 
 def score(task: TaskParts, predictions: Tensor, labels: Tensor) -> dict[str, float]:

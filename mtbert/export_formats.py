@@ -67,7 +67,7 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
     batch = probe_batch(encoder.tokenizer, pairs, max_length)
     with torch.no_grad():
         theirs = loaded(**batch).logits
-        ours = model(task, {k: v for k, v in batch.items()})
+        ours = model(task, dict(batch))
     _compare("transformers", ours.reshape(theirs.shape), theirs, 1e-4)
 
 

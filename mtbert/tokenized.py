@@ -15,6 +15,14 @@ from itertools import chain
 import numpy as np
 
 
+def _position(i: int, size: int) -> int:
+    """A sequence index (negative counts from the end) checked against ``size``."""
+    position = i + size if i < 0 else i
+    if not 0 <= position < size:
+        raise IndexError(i)
+    return position
+
+
 class Ragged(Sequence):
     """Rows of different lengths in one flat array; ``ragged[i]`` is row i as a list."""
 
@@ -35,10 +43,7 @@ class Ragged(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = _position(i, len(self))
         return self.values[self.offsets[i]:self.offsets[i + 1]].tolist()
 
     def lengths(self) -> np.ndarray:
@@ -94,10 +99,7 @@ class Strings(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = _position(i, len(self))
         if self.blob is None:
             return str(i)
         return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8")

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import attrs
 
-from mtbert.errors import DataError
+from mtbert.errors import DataError, first_line
 from mtbert.hookspecs import hookimpl
 from mtbert.interfaces import Reader
 
@@ -101,7 +101,7 @@ class HfDatasetReader(Reader):
                    "Dataset.save_to_disk where you are online and point the file at that directory"
                    if hub is not None else "check the directory holds a saved dataset or data files")
             raise DataError(where, None, f"cannot load the dataset ({type(exc).__name__}: "
-                            f"{_first_line(exc)})", fix) from None
+                            f"{first_line(exc)})", fix) from None
         if not isinstance(dataset, datasets.Dataset):
             raise DataError(path, None, f"expected one split, got a {type(dataset).__name__}",
                             "point the file at one split")
@@ -117,10 +117,6 @@ class HfDatasetReader(Reader):
                 number += 1
                 yield number, dict(zip(columns, values))
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 @hookimpl

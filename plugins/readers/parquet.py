@@ -14,7 +14,7 @@ from typing import Iterator
 
 import attrs
 
-from mtbert.errors import DataError
+from mtbert.errors import DataError, first_line
 from mtbert.hookspecs import hookimpl
 from mtbert.interfaces import Reader
 
@@ -49,13 +49,9 @@ class ParquetReader(Reader):
                     number += 1
                     yield number, row
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(path, None, f"not a readable Parquet file ({_first_line(exc)})",
+            raise DataError(path, None, f"not a readable Parquet file ({first_line(exc)})",
                             "check that the file is Parquet and whole (not truncated)") from None
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 @hookimpl
