@@ -118,7 +118,6 @@ class HfDatasetReader(Reader):
                 yield number, dict(zip(columns, values))
 
 
-
 @hookimpl
 def register_readers(register):
     register("hf_dataset", HfDatasetReader, config=HfDatasetOptions)

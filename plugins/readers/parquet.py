@@ -53,7 +53,6 @@ class ParquetReader(Reader):
                             "check that the file is Parquet and whole (not truncated)") from None
 
 
-
 @hookimpl
 def register_readers(register):
     register("parquet", ParquetReader, config=ParquetOptions)
