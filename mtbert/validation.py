@@ -69,9 +69,12 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
         where = phase.where
         if declared(registry, phase.gradient, "needs_all_tasks") and \
                 declared(registry, phase.sampler, "one_task_per_step", True):
+            joint = " or ".join(f'sampler = "{n}"' for n in registry.names("samplers")
+                                if not getattr(registry.get("samplers", n).factory, "one_task_per_step", True))
             problems.append((where("gradient"), f"\"{phase.gradient.name}\" combines every task's gradient "
                              f"in the same step, but sampler \"{phase.sampler.name}\" draws one task per step, "
-                             "so it would never see two tasks at once; use sampler = \"all_tasks\""))
+                             "so it would never see two tasks at once; use a sampler that puts several tasks "
+                             f"in a step: {joint}"))
         untrained = [t for t in phase.tasks if not spec.tasks[t].data.train]
         if untrained:
             problems.append((where("tasks"), f"task(s) {', '.join(untrained)} have no train file"))

@@ -104,7 +104,7 @@ BUILT_IN = {
     "heads": {"classifier", "binary", "regression"},
     "losses": {"cross_entropy", "bce", "mse"},
     "metrics": {"accuracy", "f1", "pearson", "spearman"},
-    "samplers": {"round_robin", "proportional", "temperature", "annealed", "all_tasks"},
+    "samplers": {"round_robin", "proportional", "temperature", "annealed", "all_tasks", "proportional_joint"},
     "optimizers": {"adamw", "sgd"},
     "schedulers": {"linear", "cosine", "constant"},
     "gradient_methods": {"sum"},

@@ -207,7 +207,7 @@ def test_example_package_installs_and_works_in_a_fresh_venv(tmp_path):
                    extra={"MTBERT_DATA": str(data)}, ok=False)
     assert refused.returncode == 2
     assert "gradient: \"rlw\" combines every task's gradient" in refused.stderr
-    assert 'use sampler = "all_tasks"' in refused.stderr
+    assert 'sampler = "all_tasks" or sampler = "proportional_joint"' in refused.stderr
 
     # mtbert run: the example spec on a tiny random encoder, one epoch of 3 steps.
     overrides = [f"encoder.{key}={json.dumps(value)}" for key, value in TINY_ENCODER.items() if key != "name"]

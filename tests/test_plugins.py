@@ -31,7 +31,7 @@ def test_unknown_name_lists_known_and_closest(registry):
         registry.get("samplers", "round-robin")
     message = str(excinfo.value)
     assert 'did you mean "round_robin"' in message
-    assert "all_tasks, annealed, proportional, round_robin, temperature" in message
+    assert "all_tasks, annealed, proportional, proportional_joint, round_robin, temperature" in message
 
 
 def _module(name: str, **hooks) -> types.ModuleType:

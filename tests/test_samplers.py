@@ -161,6 +161,37 @@ def test_all_tasks_steps_per_epoch_option(registry):
     assert s.plan(3) == [["sts", "sst", "para"]] * 4
 
 
+# -- proportional_joint ---------------------------------------------------------------------
+
+def test_proportional_joint_gives_each_task_its_single_pass(registry):
+    s = sampler(registry, "proportional_joint")
+    assert s.one_task_per_step is False
+    assert s.steps_per_epoch() == 19  # the largest task's batches
+    for epoch in (1, 2, 3):
+        plan = s.plan(epoch)
+        assert len(plan) == 19
+        # each task joins exactly as many steps as it has batches: one pass over it per epoch
+        assert Counter(t for step in plan for t in step) == BATCHES
+        # the largest task is in every step, so no step is empty; within a step, the spec's order
+        assert all(step[-1] == "para" for step in plan)
+        assert all(step == [t for t in SIZES if t in step] for step in plan)
+    # the positions are drawn: other steps hold the small tasks in another epoch or seed
+    assert s.plan(1) != s.plan(2)
+    assert sampler(registry, "proportional_joint", context(seed=12)).plan(1) != s.plan(1)
+
+
+def test_proportional_joint_spreads_a_task_uniformly(registry):
+    # over many epochs, each step position holds task t in batches_t / steps of the epochs
+    s = sampler(registry, "proportional_joint", context(batches={"a": 5, "b": 20}, sizes={"a": 5, "b": 20}))
+    epochs = 400
+    hits = [0] * 20
+    for epoch in range(1, epochs + 1):
+        for i, step in enumerate(s.plan(epoch)):
+            hits[i] += "a" in step
+    # p = 5/20 per position; the std of each frequency over 400 epochs is 0.022
+    assert all(abs(h / epochs - 0.25) < 0.1 for h in hits)
+
+
 @pytest.mark.parametrize("name", ["round_robin", "proportional", "temperature", "annealed", "all_tasks"])
 def test_steps_per_epoch_must_be_positive(registry, name):
     with pytest.raises(SpecError, match=r"samplers\.steps_per_epoch"):
@@ -169,7 +200,8 @@ def test_steps_per_epoch_must_be_positive(registry, name):
 
 # -- determinism ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["round_robin", "proportional", "temperature", "annealed", "all_tasks"])
+@pytest.mark.parametrize("name", ["round_robin", "proportional", "temperature", "annealed", "all_tasks",
+                                  "proportional_joint"])
 def test_plan_is_a_pure_function_of_config_context_epoch(registry, name):
     first = sampler(registry, name)
     again = sampler(registry, name)  # a fresh object, as a resumed run builds
