@@ -75,8 +75,10 @@ def sign_dropout(G: Tensor, draws: Tensor, leak: float, scale: float = 1.0,
     ``draws`` is overwritten (it holds s, as float32 when it is a float32 or int32 [P] tensor);
     ``work``: two [P] float32 tensors for S and A (the update is written into the second)."""
     total, magnitude = work if work is not None else (torch.empty_like(G[0]), torch.empty_like(G[0]))
+    torch.abs(G[0], out=magnitude)
+    for row in G[1:]:  # one task at a time (a reduction over dim 0 of [T, P] is many times slower)
+        magnitude.add_(torch.abs(row, out=total))  # ``total`` is the scratch until S is formed
     torch.sum(G, 0, out=total)
-    torch.linalg.vector_norm(G, ord=1, dim=0, out=magnitude)
     cancelled = 1 - torch.linalg.vector_norm(total, ord=1) / magnitude.sum().clamp_min(1e-30)
     # the sign is written over the draws, read element by element (an int32 view shares a float32 one's bytes)
     sign_out = draws.view(torch.float32) if draws.dtype in (torch.int32, torch.float32) else draws
