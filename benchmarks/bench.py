@@ -419,6 +419,7 @@ STEP_METHODS = {  # step/<method>: spec changes of an all-tasks step
     "gls": {"balancer": "gls"},
     "famo": {"balancer": "famo"},
     "mgda": {"gradient": "mgda"},
+    "mgda_ub": {"gradient": "mgda_ub"},
     "imtl": {"gradient": "imtl"},
     "imtl_l": {"balancer": "imtl_l"},
     "gradnorm": {"balancer": "gradnorm"},

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_experiments import ROOT, finished, run_mtbert  # noqa: E402
 
 BALANCERS = ["uncertainty", "dwa", "rlw", "gls", "famo", "imtl_l", "gradnorm"]
-GRADIENTS = ["pcgrad", "gradvac", "mgda", "imtl", "cagrad", "nash_mtl", "aligned_mtl", "db_mtl", "graddrop"]
+GRADIENTS = ["pcgrad", "gradvac", "mgda", "mgda_ub", "imtl", "cagrad", "nash_mtl", "aligned_mtl", "db_mtl", "graddrop"]
 METHODS = ["sum", *GRADIENTS, *BALANCERS]
 
 

@@ -39,6 +39,7 @@ METHODS = {  # name -> top-level spec changes
     "pcgrad": {"gradient": "pcgrad"},
     "gradvac": {"gradient": "gradvac"},
     "mgda": {"gradient": "mgda"},
+    "mgda_ub": {"gradient": "mgda_ub"},
     "imtl": {"gradient": "imtl"},
     "cagrad": {"gradient": "cagrad"},
     "nash_mtl": {"gradient": "nash_mtl"},

@@ -251,6 +251,11 @@ class LoopContext:
     # the model's shared parameters that train now, named (they change with the phase's
     # ``trainable``), for a component that needs gradients at a shared layer
     shared_parameters: Callable[[], list[tuple[str, nn.Parameter]]] = list
+    # the current micro-step's shared representation of each task: the encoder's last-layer token
+    # states of the loop's own forward of the task's batch (one tensor, two for a bi-encoded pair),
+    # in the autograd graph of the task's loss; kept only for a gradient method that says
+    # ``needs_representations = True`` (empty otherwise)
+    representations: Callable[[], dict[str, list[Tensor]]] = dict
 
     def autocast(self) -> ContextManager:
         """The step's autocast context (bf16 or none), for a component's own forwards."""
@@ -345,6 +350,9 @@ class GradientMethod:
     """
 
     needs_all_tasks: ClassVar[bool] = False
+    # True: the loop keeps each task's representation of the micro-step for
+    # ``context.representations()`` (what a method acting on the representation reads)
+    needs_representations: ClassVar[bool] = False
     provides: ClassVar[frozenset[str]] = frozenset()
     requires: ClassVar[frozenset[str]] = frozenset()
 

@@ -20,24 +20,31 @@ class MultitaskModel(nn.Module):
         self.on_top = [a for a in adapters if hasattr(a, "transform")]
 
     def encode(self, task: str, batch: dict[str, Tensor], suffix: str = "",
-               inputs_embeds: Tensor | None = None) -> Encoded:
+               inputs_embeds: Tensor | None = None, representation: list[Tensor] | None = None) -> Encoded:
         encoded = self.encoder(batch["input_ids" + suffix], batch["attention_mask" + suffix],
                                batch["token_type_ids" + suffix], task=task, inputs_embeds=inputs_embeds)
+        if representation is not None:
+            representation.append(encoded.states)
         for adapter in self.on_top:
             encoded = adapter.transform(encoded, task)
         return encoded
 
-    def forward(self, task: str, batch: dict[str, Tensor], inputs_embeds=None) -> Tensor:
+    def forward(self, task: str, batch: dict[str, Tensor], inputs_embeds=None,
+                representation: list[Tensor] | None = None) -> Tensor:
         """The task head's output for a batch.
 
         A bi-encoded pair carries ``*_b`` keys and is encoded in two passes;
         ``inputs_embeds`` (what SMART perturbs) is then a pair of tensors.
+        ``representation``, when given, receives the encoder's last-layer
+        token states of each pass (before adapters that act on the output):
+        the shared representation every task's loss depends on.
         """
         if "input_ids_b" in batch:
             first, second = inputs_embeds if inputs_embeds is not None else (None, None)
-            encoded = (self.encode(task, batch, "", first), self.encode(task, batch, "_b", second))
+            encoded = (self.encode(task, batch, "", first, representation),
+                       self.encode(task, batch, "_b", second, representation))
         else:
-            encoded = self.encode(task, batch, inputs_embeds=inputs_embeds)
+            encoded = self.encode(task, batch, inputs_embeds=inputs_embeds, representation=representation)
         return self.heads[task](encoded)
 
     def embed(self, batch: dict[str, Tensor]):

@@ -102,9 +102,10 @@ class Trainer:
         self.device = choose_device(cfg.device)
         self.autocast = autocast_for(self.device, cfg.precision)
         self.model = build_model(spec, registry)
+        self.representations: dict = {}  # the micro-step's, for a gradient method that needs them
         self.context = LoopContext(self.device, precision_for(self.device, cfg.precision), cfg.accumulate,
                                    self.dist.world, self.dist.rank, self.dist.average,
-                                   self.model.named_shared_parameters)
+                                   self.model.named_shared_parameters, lambda: self.representations)
         if spec.init_from is not None:  # e.g. heads trained by an earlier run (report 001's transfer)
             load_weights(self.model, find_checkpoint(expand(spec.init_from)))
             log.info("weights from %s", spec.init_from)
@@ -243,12 +244,14 @@ class Trainer:
 
     def _train_step(self, step_tasks: list[str]) -> None:
         parts, scale = self.parts, self.dist.world / self.spec.train.accumulate
+        keep = getattr(parts.gradient, "needs_representations", False)  # for context.representations()
         losses = {}
         for task in step_tasks:
             stream = self.streams[task]
             batch = to_device(stream.next_batch(), self.device)
             with self.autocast():
-                output = self.model(task, batch)
+                output = self.model(task, batch, representation=self.representations.setdefault(task, [])
+                                    if keep else None)
                 loss = self.tasks[task].loss(output, batch["labels"])
                 for regularizer in self.regularizers:
                     loss = loss + regularizer.penalty(self.model, task, batch, output)
@@ -258,6 +261,7 @@ class Trainer:
         # stream.share: this rank's part of the global batch (1 in one process), so that the
         # average across ranks is the loss of the whole global batch
         parts.gradient.backward({t: loss * (self.streams[t].share * scale) for t, loss in weighted.items()})
+        self.representations = {}
         self.counters.micro += 1
 
     def _update(self) -> None:

@@ -121,6 +121,7 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "gls_pcgrad": {"sampler": "all_tasks", "gradient": "pcgrad", "balancer": "gls"},
     "famo": {"sampler": "all_tasks", "balancer": "famo"},
     "mgda": {"sampler": "all_tasks", "gradient": {"name": "mgda", "normalization": "loss+"}},
+    "mgda_ub": {"sampler": "all_tasks", "gradient": {"name": "mgda_ub", "normalization": "loss"}},
     "imtl_layer": {"sampler": "all_tasks", "gradient": {"name": "imtl", "granularity": "layer"}},
     "imtl_hybrid": {"sampler": "all_tasks", "gradient": "imtl", "balancer": "imtl_l"},
     "cagrad": {"sampler": "all_tasks", "gradient": "cagrad"},

@@ -38,7 +38,7 @@ def one_step(method, grads: dict[str, torch.Tensor], tasks: list[str], param: nn
     return param.grad.clone(), param
 
 
-@pytest.mark.parametrize("name", GRADIENTS)
+@pytest.mark.parametrize("name", [n for n in GRADIENTS if n != "mgda_ub"])  # its own test: a step of (t0, t2)
 def test_a_step_with_some_tasks_is_those_tasks_alone(registry, name):
     g = torch.Generator().manual_seed(5)
     rows = {t: torch.randn(300, generator=g) * s for t, s in zip("abc", (1.0, 3.0, 0.5))}

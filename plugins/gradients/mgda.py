@@ -24,13 +24,9 @@ paper. ``granularity`` solves one problem per block (whole model, each
 layer, each tensor). Heads and task-specific adapters keep their own task's
 gradient. Needs every task in every step (``sampler = "all_tasks"``).
 
-Not implemented: MGDA-UB, the paper's upper bound that solves the same
-problem on the gradients with respect to the shared representation Z from
-one backward pass. Its bound |grad_theta L_t| <= |dZ/dtheta| |grad_Z L_t|
-needs one Z for all tasks, i.e. every task scored on the same inputs; here
-every task has its own batch (the all-tasks sampler draws one per task), so
-the tasks' representations are different tensors (of different shapes) and
-the bound does not apply.
+The paper's upper-bound form, MGDA-UB (the same problem on the gradients
+with respect to the shared representation, one backward pass), is the
+``mgda_ub`` plugin.
 """
 
 from __future__ import annotations
