@@ -14,7 +14,8 @@ from mtbert.train import Trainer
 from helpers import toy_data, toy_spec
 
 PAIRS = [("uncertainty", "pcgrad"), ("famo", "cagrad"), ("imtl_l", "imtl"), ("dwa", "nash_mtl"), ("gradnorm", "pcgrad"),
-         ("gls", "aligned_mtl"), ("rlw", "db_mtl"), ("uncertainty", "graddrop"), ("famo", "mgda")]
+         ("gls", "aligned_mtl"), ("rlw", "db_mtl"), ("uncertainty", "graddrop"), ("famo", "mgda"),
+         ("uncertainty", "mgda_ub")]
 EXTRAS = {
     "pals": {"adapters": [{"name": "pals"}]},
     "smart": {"regularizers": [{"name": "smart", "sigma": 1e-3, "epsilon": 1e-3}]},

@@ -62,9 +62,9 @@ def setup(m, shared, tasks, private=()):
 def adjusted_rows(m, grads):
     """The per-task adjusted gradients, unflattened in the test's parameter order (after ``setup``)."""
     m.backward(linear_losses(m.test_shared, grads))
-    present = sorted(m.seen)
-    m.seen = set()
-    out, _ = m.adjust(m.buffer.clone(), present)
+    present = sorted(m.slots)  # all tasks, in order: their rows are the buffer's first
+    m.slots = {}
+    out, _ = m.adjust(m.buffer[:len(present)].clone(), present)
     m.buffer.zero_()
     where = {id(p): o for o, p in m.slices}
     return [[out[r, where[id(p)]:where[id(p)] + p.numel()].view(p.shape) for _, p in m.test_shared]

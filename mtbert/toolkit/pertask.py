@@ -2,7 +2,7 @@
 
 Built-in users: PCGrad and GradVac (plugins/gradients/).
 
-:class:`PerTaskGradients` keeps one flat float32 row per task, ``[T, P]`` for
+:class:`PerTaskGradients` keeps one flat float32 row per task of the step, ``[T, P]`` for
 the P shared parameter values, and sums into it every micro-batch's gradient
 of that task (one ``autograd.grad`` per task loss). ``finish`` hands the rows
 of the tasks seen since the last optimizer step to the subclass's
@@ -121,7 +121,10 @@ class PerTaskGradients(GradientMethod):
         self.buffer = torch.zeros(len(self.tasks), self.size, dtype=torch.float32, device=device)
         self.rows = [[self.buffer[t, o:o + p.numel()].view(p.shape) for o, p in self.slices]
                      for t in range(len(self.tasks))]
-        self.seen: set[int] = set()
+        # row of the buffer each task of the current optimizer step writes into, in the order the
+        # tasks came: a step with some of the tasks fills the first rows, so they are handed on as a
+        # view of the buffer rather than gathered into a fresh [T', P] copy (costly page faults on a CPU)
+        self.slots: dict[int, int] = {}
         self.loss_sums = self.buffer.new_zeros(len(self.tasks))  # for ``step_losses``, on the device
 
     def backward(self, losses: dict[str, Tensor]) -> None:
@@ -129,10 +132,11 @@ class PerTaskGradients(GradientMethod):
         n = len(self.params)
         for task, loss in losses.items():
             t = self.tasks.index(task)
+            slot = self.slots.setdefault(t, len(self.slots))
             if self.tracks_losses:
                 self.loss_sums[t] += loss.detach().float()
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-            pairs = [(row, g) for row, g in zip(self.rows[t], grads[:n]) if g is not None]
+            pairs = [(row, g) for row, g in zip(self.rows[slot], grads[:n]) if g is not None]
             if pairs:
                 torch._foreach_add_([row for row, _ in pairs], [g.float() for _, g in pairs])
             for param, g in zip(self.private, grads[n:]):
@@ -142,15 +146,16 @@ class PerTaskGradients(GradientMethod):
                     param.grad = g.to(param.dtype).clone()
                 else:
                     param.grad.add_(g)
-            self.seen.add(t)
 
     def finish(self) -> dict[str, Tensor]:
-        present = sorted(self.seen)
-        self.seen = set()
+        present, slots = sorted(self.slots), self.slots
+        self.slots = {}
         if not present or self.size == 0:
             return {}
-        self.context.average([self.buffer])  # each task's gradient over every rank's shard (no-op in one process)
-        G = self.buffer if len(present) == len(self.tasks) else rows(self.buffer, present)
+        used = self.buffer[:len(present)]
+        self.context.average([used])  # each task's gradient over every rank's shard (no-op in one process)
+        # rows in task order; only when accumulated micro-steps brought the tasks out of order, a copy
+        G = used if all(slots[t] == i for i, t in enumerate(present)) else rows(used, [slots[t] for t in present])
         update, stats = self.update(G, present)
         for offset, param in self.slices:
             g = update[offset:offset + param.numel()].view(param.shape).to(param.dtype)
@@ -158,7 +163,7 @@ class PerTaskGradients(GradientMethod):
                 param.grad = g
             else:
                 param.grad.add_(g)
-        self.buffer.zero_()
+        used.zero_()
         return stats
 
     def state_dict(self) -> dict:
