@@ -75,19 +75,24 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def read_train_losses(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """``train/loss/<task>`` scalars from the TensorBoard event files: task -> [(step, loss)],
+def read_scalars(tb_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars whose tag starts with ``prefix``: the tag's rest -> [(step, value)],
     sorted by step (a step logged twice, as by a resumed run, keeps its last value)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     events.Reload()
-    losses = {}
+    found = {}
     for tag in events.Tags().get("scalars", []):
-        if tag.startswith("train/loss/"):
+        if tag.startswith(prefix):
             by_step = {e.step: e.value for e in events.Scalars(tag)}
-            losses[tag[len("train/loss/"):]] = sorted(by_step.items())
-    return losses
+            found[tag[len(prefix):]] = sorted(by_step.items())
+    return found
+
+
+def read_train_losses(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``train/loss/<task>`` scalars: task -> [(step, loss)]."""
+    return read_scalars(tb_dir, "train/loss/")
 
 
 def read_prediction_file(path: Path) -> dict[str, str]:

@@ -112,8 +112,9 @@ STOPS = [
 
 
 def run_and_stop(path, out, signum):
-    """Start `mtbert run` and send ``signum`` once it has saved a state inside its first epoch
-    (60 steps); returns the process and the step of that state (None if the run ended first)."""
+    """Start `mtbert run` and send ``signum`` once it has saved a state at a step in 6..53, before
+    the end of the first epoch (60 steps; 30 with the all-tasks sampler, then inside the second);
+    returns the process and the step of that state (None if the run ended first)."""
     import subprocess
     import time
 
@@ -127,7 +128,7 @@ def run_and_stop(path, out, signum):
             saved = None
         if saved is not None:
             step = [v for k, v in saved["__dict__"] if k == "step"][0]
-            if 6 <= step < 54:  # inside the first epoch, a few steps before its end
+            if 6 <= step < 54:
                 process.send_signal(signum)
                 return process, step
         time.sleep(0.01)
@@ -150,7 +151,7 @@ def test_stopped_mid_epoch_then_resume_from_the_command_line(registry, tmp_path,
     assert mtbert("run", path, "--out", tmp_path / "whole", "--no-progress").returncode == 0
 
     # The poller can be starved of the CPU while the run trains (2 cores, 2 torch threads), so a
-    # run that ends before it could be stopped inside its first epoch is tried again afresh.
+    # run that ends before it could be stopped is tried again afresh.
     for attempt in range(3):
         killed = tmp_path / f"killed-{attempt}"
         process, stopped_at = run_and_stop(path, killed, getattr(signal, stop))
@@ -158,7 +159,7 @@ def test_stopped_mid_epoch_then_resume_from_the_command_line(registry, tmp_path,
         if stopped_at is not None:
             break
     else:
-        pytest.fail("three runs ended before a state inside their first epoch could be seen")
+        pytest.fail("three runs ended before a state at steps 6..53 could be seen")
     if stop == "SIGKILL":
         assert process.returncode == -signal.SIGKILL, err[-2000:]
     else:
