@@ -20,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MTBERT = Path(sys.executable).with_name("mtbert")  # the CLI of the environment running this script
+# The CLI of the interpreter running this script, as a module: it works wherever the package is
+# importable, also when it was installed with `pip install --target` (no script on the PATH).
+MTBERT = [sys.executable, "-m", "mtbert"]
 EXPERIMENTS = [
     "baseline", "concat_vs_parallel", "pearson_vs_mse", "full_then_heads", "heads_only", "annealed",
     "annealed_pals", "heads_then_full", "ordinal", "smart", "gradvac", "all_tasks_sum", "pcgrad", "bilstm",
@@ -43,6 +45,16 @@ def finished(log: Path) -> bool:
     return bool(lines) and lines[-1].startswith("results in ")
 
 
+def run_command(spec: str, run_dir: Path, overrides: list[str]) -> list[str]:
+    """The ``mtbert run`` command line for ``spec`` into ``run_dir``: ``--resume`` where the run
+    has saved its spec already (a stopped run goes on from its last state), else ``--out``."""
+    where = ["--resume", str(run_dir)] if (run_dir / "spec.toml").is_file() else ["--out", str(run_dir)]
+    args = [*MTBERT, "run", spec, *where, "--no-progress"]
+    for override in overrides:
+        args += ["--set", override]
+    return args
+
+
 def run_mtbert(spec: str, run_dir: Path, overrides: list[str]) -> bool:
     """``mtbert run spec`` into ``run_dir`` with ``--set`` overrides, its console output in
     ``<run_dir>.log``; a run stopped before the end resumes from its last saved state
@@ -51,11 +63,8 @@ def run_mtbert(spec: str, run_dir: Path, overrides: list[str]) -> bool:
     if finished(log):
         print(f"{run_dir.name}: done already", flush=True)
         return True
-    where = ["--resume", str(run_dir)] if (run_dir / "spec.toml").is_file() else ["--out", str(run_dir)]
-    args = [str(MTBERT), "run", spec, *where, "--no-progress"]
-    for override in overrides:
-        args += ["--set", override]
-    print(" ".join(args[1:]), flush=True)
+    args = run_command(spec, run_dir, overrides)
+    print(" ".join(args[3:]), flush=True)
     with open(log, "w") as out:
         subprocess.run(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
     if not finished(log):
@@ -80,7 +89,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(lambda name: run(name, out, args.one_epoch), args.names))
     done = [str(out / n) for n in args.names if finished(out / f"{n}.log")]
-    subprocess.run([str(MTBERT), "compare", *done, "--format", "markdown", "--output", str(out / "table.md")],
+    subprocess.run([*MTBERT, "compare", *done, "--format", "markdown", "--output", str(out / "table.md")],
                    cwd=ROOT, check=False)
 
 
