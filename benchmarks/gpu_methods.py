@@ -122,7 +122,7 @@ def campaign(jobs: list[Job], parallel: int, deadline: float, guess: float, extr
             job, started = running.pop(p)
             took = clock() - started
             ok = finished(log_of(job))
-            outcome["finished" if ok else "failed"].append((job.run_dir.relative_to(job.run_dir.parents[1]), took))
+            outcome["finished" if ok else "failed"].append(f"{job.run_dir.parent.name}/{job.run_dir.name} {took:.0f} s")
             if ok:
                 longest[job.kind] = max(longest.get(job.kind, 0.0), took)
             print(f"[{clock():6.0f} s] {'done' if ok else 'FAILED'} {job.run_dir.name} ({job.kind}) in {took:.0f} s"
@@ -208,7 +208,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(out)[: args.max_runs]
     outcome = campaign(jobs, args.parallel, args.deadline, args.guess, args.extra)
-    (out / "outcome.json").write_text(json.dumps({k: [str(x) for x in v] for k, v in outcome.items()}, indent=1))
+    (out / "outcome.json").write_text(json.dumps(outcome, indent=1))
     print(tables(out))
     print(f"finished {len(outcome['finished'])}, failed {len(outcome['failed'])}, "
           f"stopped {len(outcome['stopped'])}, left out {len(outcome['left out'])}")
