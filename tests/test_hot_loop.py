@@ -8,7 +8,8 @@ random orders drawn on a host generator) and records every call that would
 make the host wait for the device: reading a device tensor's value
 (``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``...) or an operation whose
 output size depends on a device tensor's values (``nonzero``, boolean-mask
-indexing, ``unique``...). Unlike CUDA's mode it cannot see copies from
+indexing, ``unique``...) or a torch.linalg solver that checks its result on the
+host (``solve``, ``pinv``, ``eigh``...). Unlike CUDA's mode it cannot see copies from
 pageable memory; unlike it, it runs in CI on every change.
 """
 
@@ -23,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from helpers import toy_data, toy_spec, STEP_CASES, step_round
+from helpers import toy_data, toy_spec, step_case_params, step_round
 
 
 READ_BACKS = {  # each returns host values, or a result whose size the host must learn
@@ -32,6 +33,15 @@ READ_BACKS = {  # each returns host values, or a result whose size the host must
     Tensor.masked_select, torch.masked_select, Tensor.unique, torch.unique, Tensor.unique_consecutive,
     torch.unique_consecutive, Tensor.equal, torch.equal, Tensor.allclose, torch.allclose, torch.is_nonzero,
     Tensor.bincount, torch.bincount,
+}
+# Solvers and decompositions that check their result on the host (a singular matrix, no
+# convergence): on CUDA each waits for the GPU. Seen on an H200 for pinv, solve and eigh; the others
+# share the same check in torch's source. (The *_ex variants with check_errors=False do not check.)
+HOST_CHECKED = {
+    torch.linalg.solve, torch.linalg.inv, torch.linalg.pinv, torch.linalg.eigh, torch.linalg.eigvalsh,
+    torch.linalg.eig, torch.linalg.eigvals, torch.linalg.svd, torch.linalg.svdvals, torch.linalg.cholesky,
+    torch.linalg.lstsq, torch.linalg.matrix_rank, torch.linalg.lu_factor, torch.linalg.tensorsolve,
+    torch.linalg.tensorinv, torch.inverse, torch.pinverse, torch.svd, torch.cholesky,
 }
 
 
@@ -93,7 +103,7 @@ class ReadBackRecorder(TorchFunctionMode):
 
     @staticmethod
     def reads_back(func, args, kwargs) -> bool:
-        if func in READ_BACKS:
+        if func in READ_BACKS or func in HOST_CHECKED:
             return True
         if func in (Tensor.__getitem__, Tensor.__setitem__, Tensor.index_put_, Tensor.index_put):
             return any(t.dtype == torch.bool for t in tensors(args[1]))  # a boolean mask: nonzero inside
@@ -143,8 +153,7 @@ def steps_under_recorder(registry, tmp_path, changes, tamper=None):
     return recorder
 
 
-@pytest.mark.parametrize("changes", [*STEP_CASES.values(), {"train": {"max_grad_norm": 0.0}}],
-                         ids=[*STEP_CASES, "no_clipping"])
+@pytest.mark.parametrize("changes", step_case_params([("no_clipping", {"train": {"max_grad_norm": 0.0}})]))
 def test_training_steps_read_nothing_back_from_the_device(registry, tmp_path, changes):
     recorder = steps_under_recorder(registry, tmp_path, changes)
     assert recorder.read_backs == []
@@ -178,6 +187,23 @@ def test_host_values_are_not_read_backs():
         (device_side * 2).sum().item()
         device_side[device_side > 0]
     assert recorder.read_backs == ["item", "__getitem__"]
+
+
+def test_host_checked_solvers_are_read_backs_and_solve_spd_is_not():
+    """torch.linalg.solve on a device matrix waits for the GPU (its singularity check);
+    the toolkit's solve_spd, which Nash-MTL uses instead, gives the same answer without it."""
+    from mtbert.toolkit.smalllinalg import solve_spd
+
+    device_side = torch.tensor([[4.0, 1.0], [1.0, 3.0]])  # made before the recorder: a device tensor
+    rhs = torch.tensor([1.0, 2.0])
+    recorder = ReadBackRecorder()
+    with recorder:
+        ours = solve_spd(device_side[None], rhs[None])[0]
+        assert recorder.read_backs == []
+        theirs = torch.linalg.solve(device_side, rhs)
+        torch.linalg.eigh(device_side)
+    assert len(recorder.read_backs) == 2 and "solve" in recorder.read_backs[0]
+    assert torch.allclose(ours, theirs)
 
 
 def test_prediction_reads_back_once_not_per_batch(registry, tmp_path, monkeypatch):

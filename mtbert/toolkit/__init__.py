@@ -11,4 +11,6 @@ The core never imports these; they serve methods.
   Hugging Face BERT checkpoints.
 - :mod:`mtbert.toolkit.pretrained`: where packaged and local checkpoints are
   found (``minilm-l6``, hub ids in the local cache, directories).
+- :mod:`mtbert.toolkit.smalllinalg`: T x T solves that never wait for a GPU
+  (torch.linalg's solvers check their results on the host).
 """

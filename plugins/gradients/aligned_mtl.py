@@ -16,9 +16,11 @@ act through the balancer), i.e. sum_t alpha_t g_t with alpha = B w, B =
 sigma_min V diag(lambda)^(-1/2) V^T. Eigenvalues below lambda_max T eps
 (float32 eps, as the paper code) count as zero and are left out, by masking
 instead of slicing so nothing is read back. ``scale = "min"`` is the paper's
-sigma_min; "median" and "mean" are the variants of its code. On CUDA,
-``torch.linalg.eigh`` may wait for its convergence flag: not yet measured on
-a GPU.
+sigma_min; "median" and "mean" are the variants of its code. One wait per
+step remains on CUDA: ``torch.linalg.eigh`` checks its convergence on the
+host, which stopped the step under torch's sync debug mode on an H200
+(2026-12-04); tests/test_hot_loop.py and tests/test_cuda.py expect that
+failure. Its cost is not measured yet.
 
 ``granularity``: whole model, each layer or each tensor. Heads and
 task-specific adapters keep their own task's gradient. Needs every task in

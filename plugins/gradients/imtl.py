@@ -9,10 +9,15 @@ the first task's, is, in terms of the Gram matrix G of the gradients,
 alpha proportional to G^-1 |g| (then d . u_t = (G alpha)_t / |g_t| is the
 same for every t); the pseudo-inverse covers linearly dependent gradients
 (as torchjd's generalization does). Computed on the T x T Gram matrix per
-block, on the device, without an explicit read-back (the CPU check of
-tests/test_hot_loop.py passes; on CUDA, the SVD behind ``pinv`` may wait
-for its convergence flag -- not yet measured on a GPU). ``granularity``: whole model, each
-layer or each tensor. Needs every task in every step.
+block, on the device. One wait per step remains on CUDA: ``torch.linalg.pinv``
+checks its decomposition's convergence on the host, which stopped the step
+under torch's sync debug mode on an H200 (2026-12-04); tests/test_hot_loop.py
+and tests/test_cuda.py expect that failure. Its cost is not measured yet. A
+check-free pinv needs an eigendecomposition without torch.linalg's check
+(``mtbert.toolkit.smalllinalg`` has only the positive-definite solve, which
+is not enough: the pseudo-inverse of dependent gradients is the point).
+``granularity``: whole model, each layer or each tensor. Needs every task in
+every step.
 
 IMTL-L, the loss-scale half, is the ``imtl_l`` balancer; the paper's hybrid
 (IMTL) is the two in one spec: ``balancer = "imtl_l"``, ``gradient = "imtl"``.

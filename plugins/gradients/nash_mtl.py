@@ -18,8 +18,11 @@ log alpha_t, which is self-concordant, so damped Newton steps alpha <-
 alpha - H^-1 grad f / (1 + lambda) (lambda the Newton decrement, H = G +
 diag(1 / alpha^2)) stay positive and converge from any positive start,
 quadratically near the solution. A fixed ``iterations`` (default 20) with
-no early exit, batched over blocks, float64; tests/test_aggregators.py checks
-that the result satisfies the equation to 1e-4. (The official code instead
+no early exit, batched over blocks, float64; tests/test_nash_mtl.py checks
+that the result satisfies the equation to 1e-4. Each Newton system is
+solved by ``mtbert.toolkit.smalllinalg.solve_spd`` rather than
+``torch.linalg.solve``, whose singularity check made every step wait for
+the GPU (seen on an H200 under torch's sync debug mode). (The official code instead
 runs 20 steps of a sequence of convex programs with cvxpy on the host, and
 clips the gradient norm at 1.0: use ``train.max_grad_norm = 1.0`` for that.)
 When G is singular with conflicting gradients (e.g. g_2 = -g_1) there is no
@@ -42,6 +45,7 @@ from torch import Tensor
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients
+from mtbert.toolkit.smalllinalg import solve_spd
 
 
 @attrs.frozen
@@ -61,7 +65,7 @@ def bargaining_weights(gram: Tensor, iterations: int) -> Tensor:
     for _ in range(iterations):
         grad = (gram @ alpha.unsqueeze(-1)).squeeze(-1) - 1.0 / alpha
         hessian = gram + eye * (1.0 / (alpha * alpha)).unsqueeze(-1)
-        newton = torch.linalg.solve(hessian, grad.unsqueeze(-1)).squeeze(-1)
+        newton = solve_spd(hessian, grad)  # H is positive definite: G is PSD, 1 / alpha^2 > 0
         decrement = (grad * newton).sum(-1).clamp_min(0).sqrt()  # lambda = sqrt(grad^T H^-1 grad)
         alpha = alpha - newton / (1.0 + decrement)[:, None]
     return alpha
