@@ -135,25 +135,6 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
     "smart_half": {"regularizers": [{"name": "smart", "bregman": False, "fraction": 0.5}]},
 }
 
-# Steps that do wait for the device, and why: torch.linalg checks a decomposition's convergence
-# on the host, so on CUDA the call waits for the GPU (seen on an H200 under torch's sync debug
-# mode, benchmarks/results/h200/cuda_tests.log). Both checks expect these to fail, strictly: a
-# fix makes them pass and the entry must go.
-WAITS_FOR_THE_DEVICE = {
-    "imtl_layer": "IMTL-G's torch.linalg.pinv checks its SVD on the host",
-    "imtl_hybrid": "IMTL-G's torch.linalg.pinv checks its SVD on the host",
-    "aligned_mtl_layer": "Aligned-MTL's torch.linalg.eigh checks its convergence on the host",
-}
-
-
-def step_case_params(extra=()):
-    """STEP_CASES as pytest parameters (plus ``extra`` (id, changes) pairs), the cases of
-    WAITS_FOR_THE_DEVICE marked as expected, strict failures."""
-    import pytest
-
-    return [pytest.param(changes, id=name, marks=[pytest.mark.xfail(strict=True, reason=WAITS_FOR_THE_DEVICE[name])]
-                         if name in WAITS_FOR_THE_DEVICE else [])
-            for name, changes in [*STEP_CASES.items(), *extra]]
 
 
 def step_round(trainer):

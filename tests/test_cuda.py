@@ -17,7 +17,7 @@ from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from helpers import toy_data, toy_spec, read_metrics, step_case_params, step_round
+from helpers import toy_data, toy_spec, read_metrics, STEP_CASES, step_round
 
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -122,7 +122,7 @@ def test_encoder_on_cuda_matches_cpu(tiny_encoder):
     assert torch.allclose(cpu, gpu, atol=1e-4)
 
 
-@pytest.mark.parametrize("changes", step_case_params())
+@pytest.mark.parametrize("changes", STEP_CASES.values(), ids=STEP_CASES)
 def test_training_steps_never_wait_for_the_gpu(registry, tmp_path, changes):
     """No host-device synchronization in the hot loop: torch's sync debug mode turns any
     (a .item(), a copy from pageable memory, a boolean mask index) into an error.

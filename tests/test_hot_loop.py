@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
 
-from helpers import toy_data, toy_spec, step_case_params, step_round
+from helpers import toy_data, toy_spec, STEP_CASES, step_round
 
 
 READ_BACKS = {  # each returns host values, or a result whose size the host must learn
@@ -153,7 +153,8 @@ def steps_under_recorder(registry, tmp_path, changes, tamper=None):
     return recorder
 
 
-@pytest.mark.parametrize("changes", step_case_params([("no_clipping", {"train": {"max_grad_norm": 0.0}})]))
+@pytest.mark.parametrize("changes", [*STEP_CASES.values(), {"train": {"max_grad_norm": 0.0}}],
+                         ids=[*STEP_CASES, "no_clipping"])
 def test_training_steps_read_nothing_back_from_the_device(registry, tmp_path, changes):
     recorder = steps_under_recorder(registry, tmp_path, changes)
     assert recorder.read_backs == []
@@ -189,21 +190,21 @@ def test_host_values_are_not_read_backs():
     assert recorder.read_backs == ["item", "__getitem__"]
 
 
-def test_host_checked_solvers_are_read_backs_and_solve_spd_is_not():
-    """torch.linalg.solve on a device matrix waits for the GPU (its singularity check);
-    the toolkit's solve_spd, which Nash-MTL uses instead, gives the same answer without it."""
-    from mtbert.toolkit.smalllinalg import solve_spd
+def test_host_checked_solvers_are_read_backs_and_the_toolkits_are_not():
+    """torch.linalg.solve and eigh on a device matrix wait for the GPU (their checks); the
+    toolkit's solve_spd and symmetric_eigen, which the gradient methods use instead, give the
+    same answers without a check."""
+    from mtbert.toolkit.smalllinalg import solve_spd, symmetric_eigen
 
     device_side = torch.tensor([[4.0, 1.0], [1.0, 3.0]])  # made before the recorder: a device tensor
     rhs = torch.tensor([1.0, 2.0])
     recorder = ReadBackRecorder()
     with recorder:
-        ours = solve_spd(device_side[None], rhs[None])[0]
+        ours = solve_spd(device_side[None], rhs[None])[0], symmetric_eigen(device_side[None])[0][0]
         assert recorder.read_backs == []
-        theirs = torch.linalg.solve(device_side, rhs)
-        torch.linalg.eigh(device_side)
+        theirs = torch.linalg.solve(device_side, rhs), torch.linalg.eigvalsh(device_side)
     assert len(recorder.read_backs) == 2 and "solve" in recorder.read_backs[0]
-    assert torch.allclose(ours, theirs)
+    assert torch.allclose(ours[0], theirs[0]) and torch.allclose(ours[1], theirs[1])
 
 
 def test_prediction_reads_back_once_not_per_batch(registry, tmp_path, monkeypatch):

@@ -1,11 +1,11 @@
-"""mtbert.toolkit.smalllinalg: the T x T solve the gradient methods use instead of torch.linalg's."""
+"""mtbert.toolkit.smalllinalg: the T x T solve and eigendecomposition the gradient methods use instead of torch.linalg's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mtbert.toolkit.smalllinalg import solve_spd
+from mtbert.toolkit.smalllinalg import solve_spd, symmetric_eigen
 
 
 def random_spd(blocks: int, size: int, condition: float, generator) -> torch.Tensor:
@@ -48,3 +48,62 @@ def test_wrong_shapes_are_refused():
         solve_spd(torch.eye(3), torch.ones(3))
     with pytest.raises(ValueError):
         solve_spd(torch.eye(3)[None], torch.ones(1, 2))
+
+
+def gram_of(gradients: torch.Tensor) -> torch.Tensor:
+    return gradients @ gradients.transpose(1, 2)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8, 16])
+def test_symmetric_eigen_equals_torch_linalg_eigh(size):
+    generator = torch.Generator().manual_seed(100 + size)
+    scales = torch.logspace(0, 3, size, dtype=torch.float64)[None, :, None]  # gradients of unequal sizes
+    matrix = gram_of(torch.randn(50, size, 40, generator=generator, dtype=torch.float64) * scales)
+    values, vectors = symmetric_eigen(matrix)
+    expected = torch.linalg.eigvalsh(matrix)
+    norm = matrix.flatten(1).norm(dim=-1)[:, None]
+    assert ((values - expected).abs() / norm).max() < 1e-13  # ascending, like eigh
+    rebuilt = vectors @ torch.diag_embed(values) @ vectors.transpose(1, 2)
+    assert ((rebuilt - matrix).flatten(1).norm(dim=-1) / norm[:, 0]).max() < 1e-13
+    assert (vectors.transpose(1, 2) @ vectors - torch.eye(size, dtype=torch.float64)).abs().max() < 1e-13
+
+
+def test_symmetric_eigen_on_degenerate_matrices():
+    """Rank one (dependent gradients), a zero matrix, and repeated eigenvalues."""
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.randn(1, 1, 30, generator=generator, dtype=torch.float64)
+    rank_one = gram_of(direction * torch.tensor([[[1.0], [-2.0], [0.5]]], dtype=torch.float64))
+    values, vectors = symmetric_eigen(torch.cat([rank_one, torch.zeros_like(rank_one),
+                                                 torch.eye(3, dtype=torch.float64)[None] * 2]))
+    assert torch.allclose(values[0], torch.tensor([0.0, 0.0, 5.25], dtype=torch.float64) * direction.square().sum(),
+                          atol=1e-12)
+    assert torch.equal(values[1], torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(values[2], torch.full((3,), 2.0, dtype=torch.float64))
+    assert (vectors.transpose(1, 2) @ vectors - torch.eye(3, dtype=torch.float64)).abs().max() < 1e-14
+
+
+def test_symmetric_eigen_hand_case():
+    # [[2, 1], [1, 2]]: eigenvalues 1 and 3, eigenvectors (1, -1) and (1, 1) over sqrt(2)
+    values, vectors = symmetric_eigen(torch.tensor([[[2.0, 1.0], [1.0, 2.0]]], dtype=torch.float64))
+    assert torch.allclose(values, torch.tensor([[1.0, 3.0]], dtype=torch.float64))
+    assert torch.allclose(vectors[0].abs(), torch.full((2, 2), 2 ** -0.5, dtype=torch.float64))
+    assert vectors[0, 0, 0] * vectors[0, 1, 0] < 0 < vectors[0, 0, 1] * vectors[0, 1, 1]
+
+
+def test_imtl_pseudo_inverse_equals_torch_linalg_pinv():
+    """IMTL-G's weights from symmetric_eigen are those of torch.linalg.pinv, also for linearly
+    dependent gradients (where the pseudo-inverse, not an inverse, decides them)."""
+    from mtbert_plugins.gradients.imtl import impartial_weights
+
+    def with_pinv(gram):
+        norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
+        raw = (torch.linalg.pinv(gram) @ norms.unsqueeze(-1)).squeeze(-1)
+        return raw / raw.sum(-1, keepdim=True)
+
+    generator = torch.Generator().manual_seed(7)
+    full_rank = gram_of(torch.randn(40, 3, 25, generator=generator, dtype=torch.float64))
+    base = torch.randn(40, 2, 25, generator=generator, dtype=torch.float64)  # the third a mix of two
+    mix = torch.randn(40, 1, 2, generator=generator, dtype=torch.float64) @ base
+    dependent = gram_of(torch.cat([base, mix], dim=1))
+    for gram in (full_rank, dependent):
+        assert torch.allclose(impartial_weights(gram), with_pinv(gram), rtol=1e-9, atol=1e-9)

@@ -16,11 +16,11 @@ act through the balancer), i.e. sum_t alpha_t g_t with alpha = B w, B =
 sigma_min V diag(lambda)^(-1/2) V^T. Eigenvalues below lambda_max T eps
 (float32 eps, as the paper code) count as zero and are left out, by masking
 instead of slicing so nothing is read back. ``scale = "min"`` is the paper's
-sigma_min; "median" and "mean" are the variants of its code. One wait per
-step remains on CUDA: ``torch.linalg.eigh`` checks its convergence on the
-host, which stopped the step under torch's sync debug mode on an H200
-(2026-12-04); tests/test_hot_loop.py and tests/test_cuda.py expect that
-failure. Its cost is not measured yet.
+sigma_min; "median" and "mean" are the variants of its code. The
+eigendecomposition is ``mtbert.toolkit.smalllinalg.symmetric_eigen`` (Jacobi
+rotations, a fixed number of sweeps): ``torch.linalg.eigh`` checks its
+convergence on the host, which made every step wait for the GPU (seen on an
+H200 under torch's sync debug mode).
 
 ``granularity``: whole model, each layer or each tensor. Heads and
 task-specific adapters keep their own task's gradient. Needs every task in
@@ -38,6 +38,7 @@ from torch import Tensor
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients
+from mtbert.toolkit.smalllinalg import symmetric_eigen
 
 
 @attrs.frozen
@@ -50,7 +51,7 @@ class AlignedMTLOptions:
 def aligned_weights(gram: Tensor, scale: str = "min") -> Tensor:
     """[B, T, T] Gram matrices -> [B, T] alpha = B 1, B = s V diag(lambda)^(-1/2) V^T on the non-zero eigenvalues."""
     count = gram.shape[-1]
-    lam, vectors = torch.linalg.eigh(gram)  # ascending
+    lam, vectors = symmetric_eigen(gram)  # ascending; torch.linalg.eigh would wait for a GPU
     tol = lam[:, -1:] * count * torch.finfo(torch.float32).eps
     kept = lam > tol
     inv_sqrt = torch.where(kept, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))

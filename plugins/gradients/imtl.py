@@ -9,15 +9,13 @@ the first task's, is, in terms of the Gram matrix G of the gradients,
 alpha proportional to G^-1 |g| (then d . u_t = (G alpha)_t / |g_t| is the
 same for every t); the pseudo-inverse covers linearly dependent gradients
 (as torchjd's generalization does). Computed on the T x T Gram matrix per
-block, on the device. One wait per step remains on CUDA: ``torch.linalg.pinv``
-checks its decomposition's convergence on the host, which stopped the step
-under torch's sync debug mode on an H200 (2026-12-04); tests/test_hot_loop.py
-and tests/test_cuda.py expect that failure. Its cost is not measured yet. A
-check-free pinv needs an eigendecomposition without torch.linalg's check
-(``mtbert.toolkit.smalllinalg`` has only the positive-definite solve, which
-is not enough: the pseudo-inverse of dependent gradients is the point).
-``granularity``: whole model, each layer or each tensor. Needs every task in
-every step.
+block, on the device. The pseudo-inverse comes from
+``mtbert.toolkit.smalllinalg.symmetric_eigen`` (Jacobi rotations, a fixed
+number of sweeps) with ``torch.linalg.pinv``'s default cut (T eps of the
+largest eigenvalue): ``pinv`` itself checks its decomposition's convergence
+on the host, which made every step wait for the GPU (seen on an H200 under
+torch's sync debug mode). ``granularity``: whole model, each layer or each
+tensor. Needs every task in every step.
 
 IMTL-L, the loss-scale half, is the ``imtl_l`` balancer; the paper's hybrid
 (IMTL) is the two in one spec: ``balancer = "imtl_l"``, ``gradient = "imtl"``.
@@ -34,6 +32,7 @@ from torch import Tensor
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients
+from mtbert.toolkit.smalllinalg import symmetric_eigen
 
 
 @attrs.frozen
@@ -45,7 +44,12 @@ class ImtlOptions:
 def impartial_weights(gram: Tensor) -> Tensor:
     """[B, T, T] Gram matrices -> [B, T] weights summing to 1 with equal projections on the unit gradients."""
     norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
-    raw = (torch.linalg.pinv(gram) @ norms.unsqueeze(-1)).squeeze(-1)
+    lam, vectors = symmetric_eigen(gram)
+    # the pseudo-inverse: eigenvalues at or below torch.linalg.pinv's default cut count as zero
+    kept = lam.abs() > lam.abs().amax(-1, keepdim=True) * gram.shape[-1] * torch.finfo(gram.dtype).eps
+    inverse = torch.where(kept, 1.0 / torch.where(kept, lam, torch.ones_like(lam)), torch.zeros_like(lam))
+    coordinates = (vectors.transpose(1, 2) @ norms.unsqueeze(-1)).squeeze(-1)  # |g| in the eigenbasis
+    raw = (vectors @ (inverse * coordinates).unsqueeze(-1)).squeeze(-1)  # pinv(G) |g|
     total = raw.sum(-1, keepdim=True)
     return torch.where(total.abs() < 1e-12, torch.zeros_like(raw), raw / total)
 
