@@ -136,7 +136,6 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
 }
 
 
-
 def step_round(trainer):
     """The first phase prepared; each call of the result runs one round of optimizer steps (one
     all-tasks step under the all_tasks sampler, else one step per task). Also: steps per round."""

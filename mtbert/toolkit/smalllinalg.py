@@ -57,6 +57,19 @@ def _rounds(count: int) -> list[tuple[list[int], list[int]]]:
     return rounds
 
 
+_ROUND_INDICES: dict[tuple[int, torch.device], list[tuple[Tensor, Tensor]]] = {}
+
+
+def _round_indices(size: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """Each round's pair positions as index tensors on ``device``, made on the first call for a
+    size and device: on a GPU that copy from host memory waits, so it must not recur every step."""
+    key = (size, device)
+    if key not in _ROUND_INDICES:
+        _ROUND_INDICES[key] = [(torch.tensor(p, device=device), torch.tensor(q, device=device))
+                               for p, q in _rounds(size)]
+    return _ROUND_INDICES[key]
+
+
 def symmetric_eigen(matrix: Tensor, sweeps: int = 8) -> tuple[Tensor, Tensor]:
     """[B, T, T] symmetric matrices -> ([B, T] eigenvalues ascending, [B, T, T] eigenvectors
     as columns), like ``torch.linalg.eigh`` but with no convergence check to read.
@@ -79,8 +92,7 @@ def symmetric_eigen(matrix: Tensor, sweeps: int = 8) -> tuple[Tensor, Tensor]:
     a[:, :count, :count] = (matrix + matrix.transpose(1, 2)) / 2
     vectors = torch.eye(size, dtype=matrix.dtype, device=matrix.device).expand(blocks, size, size).clone()
     eye = vectors.clone()
-    rounds = [(torch.tensor(p, device=matrix.device), torch.tensor(q, device=matrix.device))
-              for p, q in _rounds(size)] if size > 1 else []
+    rounds = _round_indices(size, matrix.device) if size > 1 else []
     for _ in range(sweeps):
         for p, q in rounds:
             app, aqq, apq = a[:, p, p], a[:, q, q], a[:, p, q]
