@@ -16,14 +16,13 @@ method, the mean and the spread (max - min) over its seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_experiments import ROOT, finished, run_mtbert  # noqa: E402
+from run_experiments import ROOT, finished_best as best, run_mtbert  # noqa: E402
 
 BALANCERS = ["uncertainty", "dwa", "rlw", "gls", "famo", "imtl_l", "gradnorm"]
 GRADIENTS = ["pcgrad", "gradvac", "mgda", "mgda_ub", "imtl", "cagrad", "nash_mtl", "aligned_mtl", "db_mtl", "graddrop"]
@@ -35,9 +34,16 @@ def overrides(method: str, seed: int, epochs: int) -> list[str]:
     return ["sampler=all_tasks", *chosen, f"seed={seed}", f"train.epochs={epochs}", "train.save_every=0"]
 
 
-def best(run: Path) -> dict | None:
-    path = run / "best.json"
-    return json.loads(path.read_text()) if path.is_file() and finished(run.with_name(run.name + ".log")) else None
+def seed_rows(out: Path, methods: list[str], seeds: list[int]) -> str:
+    """Every finished run's three dev metrics, overall score and the epoch of its best evaluation."""
+    rows = ["| method | seed | SST acc | Quora acc | STS r | overall | best epoch |", "|---|---|---|---|---|---|---|"]
+    for method in methods:
+        for seed in seeds:
+            if r := best(out / f"{method}-s{seed}"):
+                t = r["tasks"]
+                rows.append(f"| {method} | {seed} | {t['sst']['accuracy']:.4f} | {t['para']['accuracy']:.4f} | "
+                            f"{t['sts']['pearson']:.4f} | {r['overall']:.4f} | {r['epoch']} |")
+    return "\n".join(rows)
 
 
 def table(out: Path, methods: list[str], seeds: list[int]) -> str:
@@ -71,8 +77,8 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             run_mtbert("examples/best_multitask.toml", out / f"{method}-s{seed}", overrides(method, seed, args.epochs))
-    text = table(out, METHODS, sorted({s for p in out.glob("*-s*") if p.is_dir()
-                                       for s in [int(p.name.rsplit("-s", 1)[1])]}))
+    seeds = sorted({int(p.name.rsplit("-s", 1)[1]) for p in out.glob("*-s*") if p.is_dir()})
+    text = seed_rows(out, METHODS, seeds) + "\n\n" + table(out, METHODS, seeds)
     (out / "table.md").write_text(text + "\n")
     print(text)
 

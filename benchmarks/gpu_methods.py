@@ -46,9 +46,9 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_methods import METHODS, overrides as method_overrides, table as methods_table  # noqa: E402
+from compare_methods import METHODS, overrides as method_overrides, seed_rows, table as methods_table  # noqa: E402
 from multitask_claim import TASKS, scores, single_task_scores, table as claim_table  # noqa: E402
-from run_experiments import ROOT, finished, run_command  # noqa: E402
+from run_experiments import ROOT, console_log, finished, finished_best, run_command  # noqa: E402
 
 SEEDS = [11, 12, 13]
 FULL_EPOCHS = 3
@@ -81,13 +81,12 @@ def plan(out: Path) -> list[Job]:
             *single, *claim("imtl"), *methods([m for m in METHODS if m not in SEEDED_METHODS], [12, 13])]
 
 
-def log_of(job: Job) -> Path:
-    return job.run_dir.with_name(job.run_dir.name + ".log")
-
+def label(job: Job) -> str:
+    return f"{job.run_dir.parent.name}/{job.run_dir.name}"
 
 def start(job: Job, extra: list[str]) -> subprocess.Popen:
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_of(job), "w") as log:  # the child keeps its own handle
+    with open(console_log(job.run_dir), "w") as log:  # the child keeps its own handle
         # a process group of its own, so that stopping it at the deadline stops its workers too
         return subprocess.Popen(run_command(job.spec, job.run_dir, [*job.overrides, *extra]), cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -113,7 +112,7 @@ def campaign(jobs: list[Job], parallel: int, deadline: float, guess: float, extr
     began = time.monotonic()
     clock = lambda: time.monotonic() - began  # noqa: E731
     longest: dict[str, float] = {}
-    pending = deque(j for j in jobs if not finished(log_of(j)))
+    pending = deque(j for j in jobs if not finished(console_log(j.run_dir)))
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
     outcome: dict[str, list] = {"finished": [], "failed": [], "stopped": [], "left out": []}
     last_report = 0.0
@@ -121,17 +120,17 @@ def campaign(jobs: list[Job], parallel: int, deadline: float, guess: float, extr
         for p in [p for p in running if p.poll() is not None]:
             job, started = running.pop(p)
             took = clock() - started
-            ok = finished(log_of(job))
-            outcome["finished" if ok else "failed"].append(f"{job.run_dir.parent.name}/{job.run_dir.name} {took:.0f} s")
+            ok = finished(console_log(job.run_dir))
+            outcome["finished" if ok else "failed"].append(f"{label(job)} {took:.0f} s")
             if ok:
                 longest[job.kind] = max(longest.get(job.kind, 0.0), took)
-            print(f"[{clock():6.0f} s] {'done' if ok else 'FAILED'} {job.run_dir.name} ({job.kind}) in {took:.0f} s"
-                  + ("" if ok else f": see {log_of(job)}"), flush=True)
+            print(f"[{clock():6.0f} s] {'done' if ok else 'FAILED'} {label(job)} in {took:.0f} s"
+                  + ("" if ok else f": see {console_log(job.run_dir)}"), flush=True)
         if clock() >= deadline:
             print(f"[{clock():6.0f} s] deadline: stopping {len(running)} run(s)", flush=True)
             stop(list(running))
-            outcome["stopped"] += [j.run_dir.name for j, _ in running.values()]
-            outcome["left out"] += [j.run_dir.name for j in pending]
+            outcome["stopped"] += [label(j) for j, _ in running.values()]
+            outcome["left out"] += [label(j) for j in pending]
             break
         skipped = deque()
         while pending and len(running) < parallel:
@@ -140,10 +139,10 @@ def campaign(jobs: list[Job], parallel: int, deadline: float, guess: float, extr
                 skipped.append(job)  # a shorter kind further down may still fit
                 continue
             running[start(job, extra)] = (job, clock())
-            print(f"[{clock():6.0f} s] start {job.run_dir.parent.name}/{job.run_dir.name}", flush=True)
+            print(f"[{clock():6.0f} s] start {label(job)}", flush=True)
         pending.extendleft(reversed(skipped))
         if not running:  # nothing fits any more
-            outcome["left out"] += [j.run_dir.name for j in pending]
+            outcome["left out"] += [label(j) for j in pending]
             break
         if clock() - last_report >= 30:
             last_report = clock()
@@ -155,10 +154,8 @@ def campaign(jobs: list[Job], parallel: int, deadline: float, guess: float, extr
 
 def single_score(run: Path, task: str, metric: str) -> float | None:
     """A finished single-task run's best dev score (its best.json holds its one task)."""
-    path = run / "best.json"
-    if not (path.is_file() and finished(run.with_name(run.name + ".log"))):
-        return None
-    return json.loads(path.read_text())["tasks"][task][metric]
+    record = finished_best(run)
+    return None if record is None else record["tasks"][task][metric]
 
 
 def single_table(out: Path) -> str:
@@ -180,7 +177,7 @@ def single_table(out: Path) -> str:
 
 def tables(out: Path) -> str:
     parts = [f"## every method, {FULL_EPOCHS} epochs (all-tasks sampler)\n\n"
-             + methods_table(out / "methods", METHODS, SEEDS)]
+             + seed_rows(out / "methods", METHODS, SEEDS) + "\n\n" + methods_table(out / "methods", METHODS, SEEDS)]
     single = single_task_scores()
     for gradient in CLAIM_GRADIENTS:
         runs = {seed: record for seed in SEEDS if (record := scores(out / "claim" / f"{gradient}-s{seed}"))}

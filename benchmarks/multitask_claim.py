@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_experiments import ROOT, finished, run_mtbert  # noqa: E402
+from run_experiments import ROOT, finished_best, run_mtbert  # noqa: E402
 
 TASKS = [("sst", "accuracy", "SST acc"), ("para", "accuracy", "Quora acc"), ("sts", "pearson", "STS r")]
 SINGLE = ROOT / "benchmarks" / "results" / "cpu" / "runs"
@@ -45,10 +45,9 @@ def run_name(args, seed: int) -> str:
 
 
 def scores(run: Path) -> dict[str, float] | None:
-    path = run / "best.json"
-    if not (path.is_file() and finished(run.with_name(run.name + ".log"))):
+    record = finished_best(run)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     return {task: record["tasks"][task][metric] for task, metric, _ in TASKS}
 
 

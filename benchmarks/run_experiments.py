@@ -13,6 +13,7 @@ than one).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tomllib
@@ -45,6 +46,17 @@ def finished(log: Path) -> bool:
     return bool(lines) and lines[-1].startswith("results in ")
 
 
+def console_log(run_dir: Path) -> Path:
+    """Where a run's console output goes: ``<run_dir>.log`` beside the run directory."""
+    return run_dir.with_name(run_dir.name + ".log")
+
+
+def finished_best(run_dir: Path) -> dict | None:
+    """The best evaluation (``best.json``) of a run that finished, else None."""
+    path = run_dir / "best.json"
+    return json.loads(path.read_text()) if path.is_file() and finished(console_log(run_dir)) else None
+
+
 def run_command(spec: str, run_dir: Path, overrides: list[str]) -> list[str]:
     """The ``mtbert run`` command line for ``spec`` into ``run_dir``: ``--resume`` where the run
     has saved its spec already (a stopped run goes on from its last state), else ``--out``."""
@@ -59,12 +71,12 @@ def run_mtbert(spec: str, run_dir: Path, overrides: list[str]) -> bool:
     """``mtbert run spec`` into ``run_dir`` with ``--set`` overrides, its console output in
     ``<run_dir>.log``; a run stopped before the end resumes from its last saved state
     (each epoch's start). False if the run did not finish."""
-    log = run_dir.with_name(run_dir.name + ".log")
+    log = console_log(run_dir)
     if finished(log):
         print(f"{run_dir.name}: done already", flush=True)
         return True
     args = run_command(spec, run_dir, overrides)
-    print(" ".join(args[3:]), flush=True)
+    print(" ".join(args[len(MTBERT):]), flush=True)
     with open(log, "w") as out:
         subprocess.run(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
     if not finished(log):

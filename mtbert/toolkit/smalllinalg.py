@@ -15,6 +15,8 @@ pseudo-inverse).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -57,17 +59,11 @@ def _rounds(count: int) -> list[tuple[list[int], list[int]]]:
     return rounds
 
 
-_ROUND_INDICES: dict[tuple[int, torch.device], list[tuple[Tensor, Tensor]]] = {}
-
-
+@functools.cache
 def _round_indices(size: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
     """Each round's pair positions as index tensors on ``device``, made on the first call for a
     size and device: on a GPU that copy from host memory waits, so it must not recur every step."""
-    key = (size, device)
-    if key not in _ROUND_INDICES:
-        _ROUND_INDICES[key] = [(torch.tensor(p, device=device), torch.tensor(q, device=device))
-                               for p, q in _rounds(size)]
-    return _ROUND_INDICES[key]
+    return [(torch.tensor(p, device=device), torch.tensor(q, device=device)) for p, q in _rounds(size)]
 
 
 def symmetric_eigen(matrix: Tensor, sweeps: int = 8) -> tuple[Tensor, Tensor]:
@@ -90,8 +86,8 @@ def symmetric_eigen(matrix: Tensor, sweeps: int = 8) -> tuple[Tensor, Tensor]:
     size = count + count % 2
     a = torch.zeros(blocks, size, size, dtype=matrix.dtype, device=matrix.device)
     a[:, :count, :count] = (matrix + matrix.transpose(1, 2)) / 2
-    vectors = torch.eye(size, dtype=matrix.dtype, device=matrix.device).expand(blocks, size, size).clone()
-    eye = vectors.clone()
+    eye = torch.eye(size, dtype=matrix.dtype, device=matrix.device).expand(blocks, size, size)
+    vectors = eye.clone()
     rounds = _round_indices(size, matrix.device) if size > 1 else []
     for _ in range(sweeps):
         for p, q in rounds:
