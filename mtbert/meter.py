@@ -4,6 +4,9 @@ Every value stays on the device until ``log``, which reads them all back at
 once (one read-back per ``train.log_every`` steps, never one per step). The
 meter also keeps each task's loss over the current optimizer step and over
 the current epoch, which balancers are told at ``step_end`` / ``epoch_end``.
+A step the loop skips (non-finite) counts in neither the logged losses nor
+the epoch's: ``end_step(bad)`` folds the step in with a weight of 0 or 1 on
+the device, so one NaN does not make an epoch's mean (and DWA's weights) NaN.
 """
 
 from __future__ import annotations
@@ -15,15 +18,15 @@ from torch import Tensor
 
 
 class LossSums:
-    """Per-task sums of detached losses and their counts."""
+    """Per-task sums of detached losses and their counts (ints, or tensors on the device)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int | Tensor] = {}
 
-    def add(self, task: str, loss: Tensor) -> None:
+    def add(self, task: str, loss: Tensor, count: int | Tensor = 1) -> None:
         self.sums[task] = self.sums.get(task, 0.0) + loss
-        self.counts[task] = self.counts.get(task, 0) + 1
+        self.counts[task] = self.counts.get(task, 0) + count
 
     def means(self) -> dict[str, Tensor]:
         return {t: s / self.counts[t] for t, s in self.sums.items()}
@@ -56,23 +59,33 @@ class Health:
 class Meter:
     def __init__(self, device: torch.device, average) -> None:
         self.device, self.average = device, average  # average: the process group's collective
-        self.interval, self.step, self.epoch = LossSums(), LossSums(), LossSums()
+        self.step = LossSums()  # the optimizer step in progress (host counts)
+        self.interval, self.epoch = LossSums(), LossSums()  # steps that were not skipped (device counts)
+        self.drawn: dict[str, int] = {}  # batches drawn per task in the interval, skipped or not
         self.examples = 0
         self.started = time.perf_counter()
 
     def add(self, task: str, loss: Tensor, examples: int) -> None:
-        loss = loss.detach().float()
-        for sums in (self.interval, self.step, self.epoch):
-            sums.add(task, loss)
+        self.step.add(task, loss.detach().float())
+        self.drawn[task] = self.drawn.get(task, 0) + 1
         self.examples += examples
 
     def step_means(self) -> dict[str, Tensor]:
-        """Each task's mean loss over the optimizer step that just ended (this process's)."""
-        means, self.step = self.step.means(), LossSums()
-        return means
+        """Each task's mean loss over the optimizer step in progress (this process's)."""
+        return self.step.means()
 
-    def epoch_means(self) -> dict[str, Tensor]:
-        """Each task's mean training loss over the epoch that just ended, across processes."""
+    def end_step(self, bad: Tensor) -> None:
+        """Fold the step into the interval's and the epoch's sums, with weight 0 where ``bad``."""
+        kept = (~bad).float()
+        for task, total in self.step.sums.items():
+            value = torch.where(bad, 0.0, total)
+            for sums in (self.interval, self.epoch):
+                sums.add(task, value, kept * self.step.counts[task])
+        self.step = LossSums()
+
+    def take_epoch_means(self) -> dict[str, Tensor]:
+        """Each task's mean training loss over the epoch that just ended, across processes (NaN for a
+        task none of whose steps was kept); the epoch's sums restart."""
         means, self.epoch = self.epoch.means(), LossSums()
         if means:
             stacked = torch.stack(list(means.values()))
@@ -86,8 +99,9 @@ class Meter:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = LossSums()
-        for task, (total, n) in state.items():
-            self.epoch.sums[task], self.epoch.counts[task] = total.to(self.device), n
+        for task, (total, n) in state.items():  # n: a tensor, or an int in states of older versions
+            self.epoch.sums[task] = total.to(self.device)
+            self.epoch.counts[task] = torch.as_tensor(n, dtype=torch.float32).to(self.device)
 
     def restart(self) -> None:
         """A new phase: nothing carried over from the last one's partial interval, step or epoch."""
@@ -105,15 +119,16 @@ class Meter:
                                       for v in others.values()]).tolist()
         losses = dict(zip(sums.sums, values))
         examples = values[len(losses)] * world
-        steps = sum(sums.counts.values())
+        drawn = sum(self.drawn.values())
         for task, value in losses.items():
             writer.add_scalar(f"train/loss/{task}", value, step)
-            writer.add_scalar(f"sampler/share/{task}", sums.counts[task] / steps, step)
+        for task, count in self.drawn.items():
+            writer.add_scalar(f"sampler/share/{task}", count / drawn, step)
         for group in optimizer.param_groups:
             writer.add_scalar(f"lr/{group.get('name', 'group')}", group["lr"], step)
         throughput = examples / elapsed
         writer.add_scalar("throughput/examples_per_s", throughput, step)
         for tag, value in zip(others, values[len(losses) + 1:]):
             writer.add_scalar(tag, value, step)
-        self.interval, self.examples, self.started = LossSums(), 0, time.perf_counter()
+        self.interval, self.drawn, self.examples, self.started = LossSums(), {}, 0, time.perf_counter()
         return "loss " + " ".join(f"{t}={v:.3f}" for t, v in losses.items()) + f", {throughput:.0f} ex/s"

@@ -45,6 +45,7 @@ from .paths import expand
 from .phaseparts import Balancers, PhaseParts, build_phase
 from .phases import resolve_phases
 from .registry import Registry
+from .rollback import Rollback
 from .rundir import RunDir
 from .runwriter import RunWriter
 from .signals import StopRequest
@@ -142,6 +143,7 @@ class Trainer:
                                    cfg.early_stopping)
         self.meter = Meter(self.device, self.dist.average)
         self.health = Health(self.device)
+        self.rollback = Rollback(self.device)  # a skipped step never happened for the stateful parts
         self.stop = StopRequest()
         self.parts: PhaseParts | None = None  # the phase being trained
         self.writer: RunWriter | None = None  # set by fit: where the run goes
@@ -217,6 +219,7 @@ class Trainer:
                     if self._state_due(index):
                         self._save_state()
                     self._stop_if_asked()
+                    self.rollback.snapshot(self._stateful_parts())
                 self._train_step(plan[index])
                 bar.update(1)
                 if c.micro % cfg.accumulate:
@@ -236,7 +239,7 @@ class Trainer:
                     break
             bar.close()
             c.index = 0
-            parts.balancer.epoch_end(epoch, self.meter.epoch_means())
+            self._end_epoch(epoch)
             if cfg.eval_every is None and self.evaluator.evaluated_at != self.step:
                 stop = self._evaluate() or stop
             if stop or self.step - c.phase_start >= parts.total:
@@ -266,15 +269,17 @@ class Trainer:
 
     def _update(self) -> None:
         parts = self.parts
-        self.dist.average([p.grad for p in parts.trainable + parts.balancer_params])
+        losses = self.meter.step_means()
+        # any rank's non-finite loss marks the step on every rank: the flag rides the gradients' all-reduce
+        lost = torch.stack([(~torch.isfinite(v)).any() for v in losses.values()]).any().float().reshape(1)
+        self.dist.average([p.grad for p in parts.trainable + parts.balancer_params] + [lost])
         self.grad_stats = parts.gradient.finish()
         max_norm = self.spec.train.max_grad_norm
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(parts.trainable, max_norm)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in parts.trainable if p.grad is not None])
-        # A non-finite loss makes the gradient norm non-finite: such a step is skipped and counted.
-        bad = ~torch.isfinite(norm)
+        bad = self._skipped(norm, lost[0])
         if parts.optimizer.defaults.get("fused"):
             parts.optimizer.found_inf = bad.float()  # the fused kernels skip the update on the device, no sync
             parts.optimizer.step()
@@ -285,8 +290,31 @@ class Trainer:
         parts.optimizer.zero_grad(set_to_none=True)
         for regularizer in self.regularizers:
             regularizer.after_step(self.model)
-        parts.balancer.step_end(self.meter.step_means())
+        parts.balancer.step_end(losses)
+        self.rollback.restore_if(bad, self._stateful_parts())  # a skipped step never happened for them
+        self.meter.end_step(bad)
         self.counters.step += 1
+
+    def _skipped(self, norm, lost) -> torch.Tensor:
+        """Whether this step is skipped (a 0-d bool on the device): its gradient norm or a task's loss
+        (on any rank) is not finite. Skipped steps are counted, and rolled back in ``_update``."""
+        return ~torch.isfinite(norm) | (lost > 0)
+
+    def _end_epoch(self, epoch: int) -> None:
+        """The balancer's epoch hook, with the epoch's mean losses over the steps that were kept; an
+        epoch none of whose steps was kept for some task (a NaN mean) leaves the balancer as it was."""
+        balancer = {"balancer": self.parts.balancer}
+        means = self.meter.take_epoch_means()
+        self.rollback.snapshot(balancer)
+        self.parts.balancer.epoch_end(epoch, means)
+        if means:
+            self.rollback.restore_if(~torch.isfinite(torch.stack(list(means.values()))).all(), balancer)
+
+    def _stateful_parts(self) -> dict:
+        """What a step may change besides the model and the optimizer, by name (for the rollback)."""
+        parts = {"gradient": self.parts.gradient, "balancer": self.parts.balancer}
+        parts.update({f"regularizer.{i}": r for i, r in enumerate(self.regularizers)})
+        return parts
 
     def _check_finite(self) -> None:
         """Stop when train.max_bad_steps steps in a row had a non-finite loss or gradient.

@@ -1,9 +1,10 @@
 """MGDA and IMTL-G: hand-computed cases, and torchjd's aggregators as the outside oracle.
 
 torchjd (a test dependency) implements both on the Gram matrix of the task
-gradients; ours run on the device without reading values back (a fixed number
-of Frank-Wolfe iterations, no early exit), so the oracle's MGDA is run with
-the same iteration count and no tolerance stop.
+gradients. Its MGDA is the paper's Frank-Wolfe, which stops short of the
+min-norm point (ours is an interior-point solve, exact to rounding): so ours
+must be at least as short as torchjd's answer, and close to it, and exactly
+the min-norm point (tests/test_exact_methods.py holds it to the enumerated one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mtbert.build import make
 from mtbert.interfaces import LoopContext
 from mtbert.spec import structure_component
 from mtbert_plugins.gradients.imtl import impartial_weights
-from mtbert_plugins.gradients.mgda import min_norm_weights
+from mtbert.toolkit.simplex import min_norm_weights
 
 from helpers import aggregate, gradient_method
 
@@ -44,13 +45,16 @@ def test_mgda_zero_at_a_pareto_stationary_point(registry):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_mgda_matches_torchjd(registry, seed):
+def test_mgda_is_no_longer_than_torchjds(registry, seed):
+    """The min-norm point is the shortest point of the hull: never longer than torchjd's Frank-Wolfe
+    answer (1000 steps), and within 1e-2 of the largest gradient of it."""
     g = torch.Generator().manual_seed(seed)
     tasks, size = 2 + seed % 4, 5 + seed % 17
     jacobian = torch.randn(tasks, size, generator=g) * torch.rand(tasks, 1, generator=g) * 3
-    expected = MGDA(epsilon=1e-30, max_iters=100)(jacobian.double()).float()
-    d = update(method(registry, "mgda"), jacobian)
-    torch.testing.assert_close(d, expected, atol=1e-4, rtol=1e-4)
+    theirs = MGDA(epsilon=1e-30, max_iters=1000)(jacobian.double())
+    d = update(method(registry, "mgda"), jacobian).double()
+    assert float(d.norm()) <= float(theirs.norm()) * (1 + 1e-6) + 1e-7
+    assert float((d - theirs).norm()) <= 1e-2 * float(jacobian.norm(dim=1).max())
 
 
 def test_mgda_weights_are_the_min_norm_point(registry):

@@ -226,22 +226,48 @@ def test_famo_weights_are_the_inverse_loss_convex_combination(registry):
     assert losses["b"].grad.item() == pytest.approx(1 / 3, rel=1e-5)
 
 
+class OfficialFamo:
+    """FAMO's weight update as the paper's Algorithm 1 and its official code define it: logits w,
+    torch's Adam (lr 0.025, weight decay gamma = 0.01) stepped on J^T delta, delta the decrease of
+    each task's log-loss from the previous losses to the current ones; the first call only records."""
+
+    def __init__(self, count):
+        self.w = torch.zeros(count, requires_grad=True)
+        self.adam = torch.optim.Adam([self.w], lr=0.025, weight_decay=0.01)
+        self.previous = None
+
+    def update(self, now):
+        if self.previous is not None:
+            delta = torch.log(self.previous + 1e-8) - torch.log(now + 1e-8)
+            self.adam.zero_grad()
+            self.w.grad = torch.autograd.grad(torch.softmax(self.w, 0), self.w, grad_outputs=delta)[0]
+            self.adam.step()
+        self.previous = now
+
+
+def test_famo_first_update_is_the_official_one(registry):
+    """Losses (1, 1) then (0.5, 0.9): the first Adam step moves each logit by lr = 0.025 exactly
+    (a bias-corrected first step has |m / sqrt(v)| = 1, less Adam's eps); an empty Adam step before it made
+    0.0186."""
+    b = built(registry, "famo")
+    b.step_end({"a": torch.tensor(1.0), "b": torch.tensor(1.0)})
+    assert torch.equal(b.logits, torch.zeros(2)) and int(b.adam_steps) == 0
+    b.step_end({"a": torch.tensor(0.5), "b": torch.tensor(0.9)})
+    torch.testing.assert_close(b.logits, torch.tensor([-0.025, 0.025]), atol=1e-6, rtol=0)  # Adam eps 1e-8
+    assert int(b.adam_steps) == 1
+
+
 def test_famo_logits_follow_adam_on_the_softmax_jacobian(registry):
-    """The logits' update against torch's Adam (weight decay gamma) on autograd's J^T delta."""
+    """The logits' update against the official algorithm (torch's Adam, weight decay gamma, on
+    autograd's J^T delta), step for step from the first."""
     b = built(registry, "famo", tasks=("a", "b", "c"))
-    oracle = torch.zeros(3, requires_grad=True)
-    adam = torch.optim.Adam([oracle], lr=0.025, weight_decay=0.01)
+    oracle = OfficialFamo(3)
     history = [(2.0, 4.0, 1.0), (1.0, 4.0, 0.9), (0.8, 3.0, 0.9), (0.7, 3.1, 0.5)]
-    previous = None
     for step in history:
         now = torch.tensor(step)
         b.step_end(dict(zip("abc", now)))
-        delta = torch.zeros(3) if previous is None else torch.log(previous + 1e-8) - torch.log(now + 1e-8)
-        adam.zero_grad()
-        oracle.grad = torch.autograd.grad(torch.softmax(oracle, 0), oracle, grad_outputs=delta)[0]
-        adam.step()
-        previous = now
-        assert torch.allclose(b.logits, oracle.detach(), rtol=1e-5, atol=1e-7), (b.logits, oracle)
+        oracle.update(now)
+        assert torch.allclose(b.logits, oracle.w.detach(), rtol=1e-5, atol=1e-7), (b.logits, oracle.w)
     z = torch.softmax(b.logits, 0)
     assert z[1] > z[0]  # b's loss fell least (4 -> 3.1, a: 2 -> 0.7): its weight grew
 
@@ -252,7 +278,7 @@ def test_famo_state_round_trips(registry):
         b.step_end(dict(zip("ab", torch.tensor(step))))
     fresh = built(registry, "famo")
     fresh.load_state_dict(b.state_dict())
-    assert fresh.adam_steps == 2 and torch.equal(fresh.logits, b.logits)
+    assert int(fresh.adam_steps) == 1 and torch.equal(fresh.logits, b.logits)
     fresh.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
     b.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
     assert torch.equal(fresh.logits, b.logits)

@@ -12,7 +12,7 @@ from mtbert.interfaces import LoopContext
 from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.train import Trainer
-from mtbert_plugins.gradients.mgda import min_norm_weights
+from mtbert.toolkit.simplex import min_norm_weights
 from mtbert_plugins.gradients.mgda_ub import orthogonal_min_norm_weights
 
 from helpers import TINY_ENCODER, gradient_method, toy_data, toy_spec

@@ -38,7 +38,12 @@ from torch import Tensor, nn
 from ..interfaces import GradientMethod, LoopContext
 
 CHUNK = 1024  # block alignment in the flat vector (at most CHUNK - 1 zeros of padding per block)
-EPS = 1e-30  # guards divisions by squared norms and products of norms
+EPS = 1e-30  # kept for plugins that import it; the built-in methods divide only by what they check is non-zero
+# The rows are float32: two gradients closer to dependent than a few units of float32's epsilon
+# (relative to their norms) cannot be told apart from dependent ones. Rank decisions on the Gram
+# matrix are made at this precision (see ``rank_tolerance``).
+ROW_EPS = torch.finfo(torch.float32).eps
+SLAB_BYTES = {"cpu": 8 << 20, "other": 256 << 20}  # float64 scratch for one pass of the Gram matrix
 GRANULARITIES = ("model", "layer", "tensor")
 
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
@@ -118,6 +123,11 @@ class PerTaskGradients(GradientMethod):
         members = torch.zeros(self.num_chunks, self.num_blocks)
         members[torch.arange(self.num_chunks), block_of_chunk] = 1.0
         self.members = members.to(device)
+        self.members64 = self.members.double()
+        budget = SLAB_BYTES["cpu" if device.type == "cpu" else "other"]
+        self.slab_chunks = max(1, min(self.num_chunks, budget // (8 * CHUNK * max(1, len(tasks)))))
+        self.slab: Tensor | None = None  # float64 scratch of block_gram, made on first use
+        self.per_chunk: Tensor | None = None
         self.buffer = torch.zeros(len(self.tasks), self.size, dtype=torch.float32, device=device)
         self.rows = [[self.buffer[t, o:o + p.numel()].view(p.shape) for o, p in self.slices]
                      for t in range(len(self.tasks))]
@@ -208,22 +218,38 @@ class PerTaskGradients(GradientMethod):
 
     # -- block algebra ---------------------------------------------------------------------------
     def block_gram(self, G: Tensor) -> Tensor:
-        """[T, P] -> [B, T, T]: G_b G_b^T for every block b."""
-        rows_, chunks = G.shape[0], G.view(G.shape[0], self.num_chunks, CHUNK)
+        """[T, P] float32 rows -> [B, T, T] float64: G_b G_b^T for every block b.
+
+        Accumulated in float64: a product of two float32 values is exact in float64, so this is the
+        rows' own Gram matrix to float64 rounding. Accumulated in float32 it would overflow for rows
+        of norm above ~1e19 and carry errors of ~1e-7 |g_i| |g_j|, as large as the smallest eigenvalue
+        of nearly dependent gradients: rank decisions and the near-singular systems of IMTL-G and
+        Nash-MTL would be made on noise. The rows pass through a float64 scratch of a few MB, slab by
+        slab (one batched matmul each), kept between steps."""
+        count = G.shape[0]
+        if self.slab is None or self.slab.shape[0] < count or self.slab.device != G.device:
+            self.slab = torch.empty(len(self.tasks), self.slab_chunks, CHUNK, dtype=torch.float64, device=G.device)
+            self.per_chunk = torch.empty(self.num_chunks * len(self.tasks) ** 2, dtype=torch.float64, device=G.device)
+        chunks = G.view(count, self.num_chunks, CHUNK)
+        per_chunk = self.per_chunk[:self.num_chunks * count * count].view(self.num_chunks, count, count)
         with torch.autocast(G.device.type, enabled=False):
-            per_chunk = torch.einsum("icx,jcx->cij", chunks, chunks)  # one batched matmul
-        return (self.members.T @ per_chunk.reshape(self.num_chunks, -1)).view(self.num_blocks, rows_, rows_)
+            for start in range(0, self.num_chunks, self.slab_chunks):
+                stop = min(self.num_chunks, start + self.slab_chunks)
+                slab = self.slab[:count, :stop - start]
+                slab.copy_(chunks[:, start:stop])
+                per_chunk[start:stop] = torch.einsum("icx,jcx->cij", slab, slab)
+        return (self.members64.T @ per_chunk.reshape(self.num_chunks, -1)).view(self.num_blocks, count, count)
 
     def mix(self, weights: Tensor, G: Tensor) -> Tensor:
         """[B, T] weights, [T, P] rows -> [P]: sum_j weights[b, j] G[j] within each block b."""
-        per_chunk = self.members @ weights  # [C, T]: each chunk takes its block's weights
+        per_chunk = self.members @ weights.to(G.dtype)  # [C, T]: each chunk takes its block's weights
         return torch.einsum("ct,tcx->cx", per_chunk, G.view(G.shape[0], self.num_chunks, CHUNK)).reshape(-1)
 
     @staticmethod
     def identity(gram: Tensor) -> Tensor:
         """[B, T, T] coefficients of the unchanged gradients (g_i' = g_i), a subclass's starting point."""
         blocks, count, _ = gram.shape
-        return torch.eye(count, device=gram.device).expand(blocks, count, count).clone()
+        return torch.eye(count, dtype=gram.dtype, device=gram.device).expand(blocks, count, count).clone()
 
     @staticmethod
     def fired_fraction(fired: Tensor, gram: Tensor) -> Tensor:
@@ -252,8 +278,29 @@ class PerTaskGradients(GradientMethod):
     def cosines(gram: Tensor, names: list[str]) -> dict[str, Tensor]:
         """Whole-model cosine of every unordered pair of (original) task gradients, from their Gram matrix."""
         norms = gram.diagonal().clamp_min(0).sqrt()
-        cos = gram / (norms[:, None] * norms[None, :]).clamp_min(EPS)
+        cos = safe_divide(gram, norms[:, None] * norms[None, :])
         return {f"cos/{a}~{b}": cos[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, and 0 where the denominator is 0 (a zero gradient): no absolute
+    epsilon, so the result does not depend on the gradients' scale."""
+    zero = denominator == 0
+    return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1.0, denominator))
+
+
+def normalized(gram: Tensor) -> Tensor:
+    """[B, T, T] Gram matrices divided by their traces (all-zero blocks left as they are): the
+    T x T methods solve scale-free problems, so that d(s G) = s d(G) for any scale s."""
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return safe_divide(gram, trace[:, None, None].expand_as(gram))
+
+
+def rank_tolerance(count: int) -> float:
+    """Eigenvalues of a normalized Gram matrix at or below this (relative to the largest) count as
+    zero: a component of a gradient smaller than ``count`` float32 epsilons of the largest gradient's
+    norm is at the rows' rounding level (its eigenvalue is that ratio squared)."""
+    return (count * ROW_EPS) ** 2
 
 
 def rows(x: Tensor, index: list[int]) -> Tensor:

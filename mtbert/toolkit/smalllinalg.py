@@ -22,8 +22,8 @@ from torch import Tensor
 
 
 def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """[B, T, T] symmetric positive-definite matrices and [B, T] right-hand sides -> [B, T] x
-    with ``matrix @ x = rhs``.
+    """[B, T, T] symmetric positive-definite matrices and [B, T] (or [B, T, K]) right-hand sides ->
+    x of the same shape as ``rhs`` with ``matrix @ x = rhs``.
 
     Gauss-Jordan elimination without pivoting, one pass per column (T passes, each a few
     batched operations). Without pivoting it is stable for symmetric positive-definite
@@ -31,20 +31,23 @@ def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
     Nothing checks the pivots, so a singular or indefinite matrix gives inf or nan rather
     than an error: callers pass matrices that are positive definite by construction.
     """
-    if matrix.dim() != 3 or matrix.shape[-1] != matrix.shape[-2] or rhs.shape != matrix.shape[:2]:
-        raise ValueError(f"solve_spd takes [B, T, T] and [B, T]; got {tuple(matrix.shape)} and {tuple(rhs.shape)}")
-    a, b = matrix.clone(), rhs.clone()
+    single = rhs.dim() == 2
+    if (matrix.dim() != 3 or matrix.shape[-1] != matrix.shape[-2] or rhs.shape[:2] != matrix.shape[:2]
+            or rhs.dim() not in (2, 3)):
+        raise ValueError(f"solve_spd takes [B, T, T] and [B, T] or [B, T, K]; got {tuple(matrix.shape)} "
+                         f"and {tuple(rhs.shape)}")
+    a, b = matrix.clone(), (rhs.unsqueeze(-1) if single else rhs).clone()
     count = a.shape[-1]
     for k in range(count):
         pivot = a[:, k, k : k + 1]  # [B, 1]
-        row, value = a[:, k, :] / pivot, b[:, k : k + 1] / pivot  # row k scaled to a unit pivot
+        row, value = a[:, k, :] / pivot, b[:, k, :] / pivot  # row k scaled to a unit pivot
         factor = a[:, :, k].clone()  # [B, T]: what each row must lose of row k
         factor[:, k] = 0.0  # (a Python index: no read-back)
         a = a - factor.unsqueeze(-1) * row.unsqueeze(1)
-        b = b - factor * value
+        b = b - factor.unsqueeze(-1) * value.unsqueeze(1)
         a[:, k, :] = row
-        b[:, k : k + 1] = value
-    return b
+        b[:, k, :] = value
+    return b.squeeze(-1) if single else b
 
 
 def _rounds(count: int) -> list[tuple[list[int], list[int]]]:

@@ -14,9 +14,14 @@ log-loss decreases at the same rate. After an update, with delta_t = log
 D_t(before) - log D_t(after) the decrease of each task's log-loss, the
 logits move by one Adam step (lr 0.025, the official code's) on the
 gradient J^T delta of softmax at xi (J = diag(z) - z z^T), plus weight decay
-gamma xi. gamma = 0.01, the official code's default: it pulls the logits
-back toward equal weights, so a task's weight does not stay high after its
-loss caught up.
+gamma xi (torch's Adam with ``weight_decay = gamma``, as the official code).
+gamma = 0.01, the official code's default: it pulls the logits back toward
+equal weights, so a task's weight does not stay high after its loss caught
+up. The first update is the official code's first: the first ``step_end``
+has no earlier losses to compare with, so it takes no Adam step at all (an
+empty step there would count in Adam's bias correction and make every later
+update smaller: 0.744 of the official first one). In general a step takes an
+Adam step only if one of its tasks has an earlier loss.
 
 The loss "after the update" (our approximation, stated): the paper
 evaluates the losses of the same batch again after the step, one extra
@@ -57,7 +62,6 @@ class Famo(Balancer):
 
     def __init__(self, options: FamoOptions):
         super().__init__(options)
-        self.adam_steps = 0  # Adam's step count (bias correction); host-side, saved as extra state
         self.indices: dict[tuple[int, ...], Tensor] = {}  # task positions -> their index tensor
 
     def setup(self, tasks: dict[str, TaskInfo], context: LoopContext) -> None:
@@ -66,6 +70,8 @@ class Famo(Balancer):
         for name in ("logits", "first_moment", "second_moment", "previous"):
             self.register_buffer(name, torch.zeros(count, device=device))
         self.register_buffer("has_previous", torch.zeros(count, dtype=torch.bool, device=device))
+        # Adam's step count (its bias correction), on the device: a step without an update does not count
+        self.adam_steps = torch.zeros((), dtype=torch.long, device=device)
 
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         idx = [self.names.index(t) for t in losses]
@@ -89,13 +95,17 @@ class Famo(Balancer):
         full = torch.zeros_like(self.logits).index_put((index,), delta)
         z = torch.softmax(self.logits, dim=0)
         grad = z * (full - (z * full).sum()) + self.options.gamma * self.logits  # J^T delta + weight decay
-        self.adam_steps += 1
+        moves = seen.any()  # an Adam step only once there is a decrease to measure
+        self.adam_steps.add_(moves.long())
         beta1, beta2 = self.options.betas
-        self.first_moment.mul_(beta1).add_(grad, alpha=1 - beta1)
-        self.second_moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        corrected = self.first_moment / (1 - beta1 ** self.adam_steps)
-        scale = (self.second_moment / (1 - beta2 ** self.adam_steps)).sqrt() + 1e-8
-        self.logits.sub_(self.options.lr * corrected / scale)
+        first = torch.where(moves, beta1 * self.first_moment + (1 - beta1) * grad, self.first_moment)
+        second = torch.where(moves, beta2 * self.second_moment + (1 - beta2) * grad * grad, self.second_moment)
+        steps = self.adam_steps.clamp_min(1).to(first.dtype)
+        corrected = first / (1 - beta1 ** steps)
+        scale = (second / (1 - beta2 ** steps)).sqrt() + 1e-8
+        self.logits.copy_(torch.where(moves, self.logits - self.options.lr * corrected / scale, self.logits))
+        self.first_moment.copy_(first)
+        self.second_moment.copy_(second)
         self.previous.index_copy_(0, index, now)
         self.has_previous.index_fill_(0, index, True)
 
@@ -106,10 +116,10 @@ class Famo(Balancer):
         return self.indices[positions]
 
     def get_extra_state(self) -> dict:
-        return {"adam_steps": self.adam_steps}
+        return {"adam_steps": self.adam_steps}  # the live tensor: the loop rolls it back on a skipped step
 
     def set_extra_state(self, state: dict) -> None:
-        self.adam_steps = state["adam_steps"]
+        self.adam_steps.copy_(torch.as_tensor(state["adam_steps"]))  # a tensor, or an int from older runs
 
     def stats(self) -> dict[str, Tensor]:
         z = torch.softmax(self.logits, dim=0)

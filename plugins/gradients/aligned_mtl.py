@@ -37,7 +37,7 @@ from torch import Tensor
 
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
-from mtbert.toolkit.pertask import PerTaskGradients
+from mtbert.toolkit.pertask import PerTaskGradients, normalized
 from mtbert.toolkit.smalllinalg import symmetric_eigen
 
 
@@ -51,6 +51,7 @@ class AlignedMTLOptions:
 def aligned_weights(gram: Tensor, scale: str = "min") -> Tensor:
     """[B, T, T] Gram matrices -> [B, T] alpha = B 1, B = s V diag(lambda)^(-1/2) V^T on the non-zero eigenvalues."""
     count = gram.shape[-1]
+    gram = normalized(gram)  # alpha is a function of G's shape only: d(s G) = s d(G)
     lam, vectors = symmetric_eigen(gram)  # ascending; torch.linalg.eigh would wait for a GPU
     tol = lam[:, -1:] * count * torch.finfo(torch.float32).eps
     kept = lam > tol
@@ -74,8 +75,9 @@ class AlignedMTL(PerTaskGradients):
     statistic = "max_weight"  # the largest alpha_t / sum(alpha), averaged over blocks
 
     def coefficients(self, gram: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        alpha = aligned_weights(gram.double(), self.options.scale).to(gram.dtype)
-        share = alpha / alpha.sum(-1, keepdim=True).abs().clamp_min(1e-30)
+        alpha = aligned_weights(gram.double(), self.options.scale)
+        total = alpha.sum(-1, keepdim=True).abs()
+        share = alpha / torch.where(total > 0, total, 1.0)
         return torch.diag_embed(alpha), share.amax(-1).mean()
 
 

@@ -11,7 +11,8 @@ and the update rescales every task's average to the largest norm among them,
 
     d = sum_t (max_s |h_s| / |h_t|) h_t,
 
-so no task's gradient is smaller than any other's. beta = 0.9 and sigma =
+so no task's gradient is smaller than any other's (a zero average stays
+zero: it has no direction to scale up). beta = 0.9 and sigma =
 0.5 are our defaults (LibMTL's implementation takes both as arguments; the
 paper tunes beta). ``granularity`` takes the norms per block (whole model,
 each layer, each tensor). With gradient accumulation, L_t is the step's mean
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least, in_range
-from mtbert.toolkit.pertask import PerTaskGradients
+from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
 
 
 @attrs.frozen
@@ -74,7 +75,8 @@ class DBMTL(PerTaskGradients):
         h = self.average if len(present) == len(self.tasks) else torch.stack([self.average[t] for t in present])
         gram = self.block_gram(h)
         norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # [B, T]
-        scale = norms.amax(-1, keepdim=True) / (norms + 1e-8)
+        # no + eps (LibMTL adds 1e-8): it shrank the update of blocks whose norm is below ~1e-6
+        scale = safe_divide(norms.amax(-1, keepdim=True).expand_as(norms), norms)
         stats = self.cosines(gram.sum(0), [self.tasks[t] for t in present])  # of the running averages
         stats[self.statistic] = scale.amax(-1).mean()
         return self.mix(scale, h), stats

@@ -28,7 +28,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.toolkit.pertask import EPS, PerTaskGradients
+from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least, in_range
 
@@ -68,13 +68,13 @@ class GradVac(PerTaskGradients):
             dot = (coef * gram[:, j, :]).sum(-1)  # g_i' . g_j
             norm_i = torch.einsum("bik,bkl,bil->bi", coef, gram, coef).clamp_min(0).sqrt()  # |g_i'|
             norm_j = norm[:, j]
-            phi = (dot / (norm_i * norm_j).clamp_min(EPS)).clamp(-1.0, 1.0)
+            phi = safe_divide(dot, norm_i * norm_j).clamp(-1.0, 1.0)
             fire = (phi < target) & (norm_i > 0) & (norm_j > 0)
             sin_phi = (1 - phi * phi).clamp_min(0).sqrt()
             sin_target = (1 - target * target).clamp_min(1e-12).sqrt()
-            step = norm_i * (target * sin_phi - phi * sin_target) / (norm_j * sin_target).clamp_min(EPS)
+            step = safe_divide(norm_i * (target * sin_phi - phi * sin_target), norm_j * sin_target)
             coef[:, tasks, j] += torch.where(fire, step, 0.0)
-            self.target[first, second] = ((1 - beta) * target + beta * phi).T
+            self.target[first, second] = ((1 - beta) * target + beta * phi).T.to(self.target.dtype)
             fired += fire.sum()
         return coef, self.fired_fraction(fired, gram)
 

@@ -48,7 +48,6 @@ from torch import Tensor
 
 from mtbert.hookspecs import hookimpl
 from mtbert.interfaces import GradientMethod
-from mtbert.toolkit.pertask import EPS
 
 
 @attrs.frozen
@@ -58,9 +57,14 @@ class MgdaUbOptions:
 
 def orthogonal_min_norm_weights(squared_norms: Tensor) -> Tensor:
     """[T] squared norms of mutually orthogonal vectors -> [T] weights of their min-norm convex
-    combination: proportional to 1 / d_t (a zero vector takes all the weight)."""
-    inverse = 1.0 / squared_norms.clamp_min(EPS)
-    return inverse / inverse.sum()
+    combination: proportional to 1 / d_t; zero vectors share all the weight. Divided by the
+    largest first, so the weights do not depend on the norms' scale."""
+    largest = squared_norms.amax()
+    relative = squared_norms / torch.where(largest > 0, largest, 1.0)
+    zero = relative == 0
+    inverse = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, relative))
+    weights = torch.where(zero.any(), zero.to(relative.dtype), inverse)
+    return weights / weights.sum()
 
 
 class MgdaUb(GradientMethod):
@@ -79,15 +83,17 @@ class MgdaUb(GradientMethod):
         squared = []
         for task in names:
             grads = torch.autograd.grad(losses[task], representations[task], retain_graph=True, allow_unused=True)
-            squared.append(sum((g.float().square().sum() for g in grads if g is not None),
-                               losses[task].new_zeros((), dtype=torch.float32)))
+            # in float64: squares of float32 values overflow float32 from |g| ~ 1e19 and underflow below 1e-19
+            squared.append(sum((g.double().square().sum() for g in grads if g is not None),
+                               losses[task].new_zeros((), dtype=torch.float64)))
         squared = torch.stack(squared)
-        values = torch.stack([losses[t].detach().float() for t in names])
+        values = torch.stack([losses[t].detach().double() for t in names])
         self.context.average([squared, values])  # the global batch's (up to one factor common to all tasks)
         kind = self.options.normalization
         norms = {"none": torch.ones_like(squared), "l2": squared.sqrt(), "loss": values.abs(),
                  "loss+": values.abs() * squared.sqrt()}[kind]
-        alpha = orthogonal_min_norm_weights(squared / norms.square().clamp_min(EPS))
+        norms = torch.where(norms > 0, norms, 1.0)  # a zero gradient or loss is left as it is
+        alpha = orthogonal_min_norm_weights(squared / norms.square()).float()
         torch.stack([alpha[i] * losses[t] for i, t in enumerate(names)]).sum().backward()
         self.weights = {t: alpha[i] for i, t in enumerate(names)}
 

@@ -20,7 +20,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.toolkit.pertask import EPS, PerTaskGradients
+from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
 from mtbert.hookspecs import hookimpl
 from mtbert.structure import at_least
 
@@ -43,7 +43,7 @@ class PCGrad(PerTaskGradients):
         for j in self.partners(count):  # round k: every i against its own k-th partner j
             dot = (coef * gram[:, j, :]).sum(-1)  # [B, T]: g_i' . g_j = sum_k a_ik (g_k . g_j)
             conflict = dot < 0
-            step = torch.where(conflict, dot / squared[:, j].clamp_min(EPS), 0.0)
+            step = torch.where(conflict, safe_divide(dot, squared[:, j]), 0.0)  # a zero g_j conflicts with nothing
             coef[:, tasks, j] -= step  # g_i' <- g_i' - (g_i' . g_j / |g_j|^2) g_j
             fired += conflict.sum()
         return coef, self.fired_fraction(fired, gram)
