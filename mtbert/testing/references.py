@@ -147,7 +147,7 @@ def gradvac(rows: Tensor, partners: Tensor, targets: Tensor | None = None) -> Te
             other = rows[j]
             if g.norm() == 0 or other.norm() == 0:
                 continue
-            phi = float((g @ other) / (g.norm() * other.norm()))
+            phi = min(1.0, max(-1.0, float((g @ other) / (g.norm() * other.norm()))))
             target = float(targets[i, j])
             if phi < target:
                 sin_phi, sin_target = (1 - phi * phi) ** 0.5, max(1 - target * target, 1e-12) ** 0.5

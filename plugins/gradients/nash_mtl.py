@@ -39,7 +39,7 @@ Where no solution exists, what the answer is instead (documented, finite):
   step is Pareto-stationary (g_2 = -2 g_1 exactly, dependent gradients that
   cancel), f is unbounded below and alpha would grow without end: then
   alpha = 0 and d = 0, what MGDA answers there. It is recognised as a solve
-  that did not meet the equation to 1e-3 after ``iterations`` steps, which
+  that did not meet the equation to 1e-4 after ``iterations`` steps, which
   happens only within a few float32 epsilons of stationarity.
 
 The official code instead runs 20 steps of a sequence of convex programs
@@ -67,7 +67,7 @@ from mtbert.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients, normalized, rank_tolerance
 from mtbert.toolkit.smalllinalg import solve_spd
 
-SOLVED = 1e-3  # largest |alpha_t (G alpha)_t - 1| of a solve that counts as a solution
+SOLVED = 1e-4  # largest |alpha_t (G alpha)_t - 1| of a solve that counts as a solution
 
 
 @attrs.frozen
