@@ -266,22 +266,21 @@ PROPERTY_CASES = [(family, tasks, seed) for family in FAMILIES for tasks in (2, 
 @pytest.mark.parametrize("granularity", ["model", "layer", "tensor"])
 @pytest.mark.parametrize("key", list(METHODS))
 def test_scale_equivariance_and_finite_answers(registry, key, granularity):
-    """d(s G) = s^k d(G) for s from 2^-40 (1e-12) to 2^40 (1e12) (k = 1, or 0 for the methods whose
-    update is normalized), to 1e-5 of the largest answer (powers of two scale float32 rows exactly,
-    so what differs is the method's arithmetic, not the rounding of the inputs); and finite answers
-    from finite gradients, also at 2^64 (1.8e19: the float32 Gram matrix overflowed at 1e19) and
-    2^-53 (1.1e-16: absolute guards made PCGrad and GradVac 13-22% off there)."""
+    """d(s G) = s^k d(G) for s from 2^-53 (1.1e-16: absolute guards made PCGrad and GradVac 13-22% off
+    there, MGDA up to 220%) to 2^60 (1.2e18) (k = 1, or 0 for the methods whose update is
+    normalized), to 1e-5 of the largest answer (powers of two scale float32 rows exactly, so what
+    differs is the method's arithmetic, not the rounding of the inputs); and finite answers from
+    finite gradients, also at 2^64 (1.8e19: the float32 Gram matrix overflowed at 1e19)."""
     degree = METHODS[key][1]
     for family, tasks, seed in PROPERTY_CASES:
         rows = case(family, tasks, 21, seed).double()
         base = blocked_update(registry, key, rows.float(), granularity).double()
         floor = 1e-6 * float(rows.abs().max()) ** degree  # where the answer is 0
-        for s in (2.0 ** -40, 2.0 ** -20, 2.0 ** 20, 2.0 ** 40):
+        for s in (2.0 ** -53, 2.0 ** -40, 2.0 ** 40, 2.0 ** 60):
             scaled = blocked_update(registry, key, (rows * s).float(), granularity).double()
             tolerance = 1e-5 * max(float(base.abs().max()), floor)
             assert float((scaled / s ** degree - base).abs().max()) <= tolerance, (family, tasks, seed, s)
-        for s in (2.0 ** 64, 2.0 ** -53):
-            assert torch.isfinite(blocked_update(registry, key, (rows * s).float(), granularity)).all()
+        assert torch.isfinite(blocked_update(registry, key, (rows * 2.0 ** 64).float(), granularity)).all()
 
 
 @pytest.mark.parametrize("granularity", ["model", "layer", "tensor"])
@@ -319,3 +318,16 @@ def test_each_block_is_solved_as_its_own_problem(registry, key):
         m = gradient_method(registry, options.pop("name", key), **options)
         alone.append(aggregate(m, piece))
     torch.testing.assert_close(whole, torch.cat(alone), rtol=1e-5, atol=1e-6)
+
+
+def test_mgda_ub_weights_are_scale_free_and_finite():
+    """MGDA-UB's closed form, 1 / d_t normalised: the same for s^2 d at any scale, a zero norm
+    taking all the weight (and sharing it with other zeros)."""
+    from mtbert_plugins.gradients.mgda_ub import orthogonal_min_norm_weights
+    squared = torch.tensor([0.25, 4.0, 1.0], dtype=torch.float64)
+    base = orthogonal_min_norm_weights(squared)
+    torch.testing.assert_close(base, torch.tensor([16.0, 1.0, 4.0], dtype=torch.float64) / 21)
+    for s in (2.0 ** -60, 2.0 ** -30, 2.0 ** 30, 2.0 ** 60):
+        torch.testing.assert_close(orthogonal_min_norm_weights(squared * s * s), base)
+    torch.testing.assert_close(orthogonal_min_norm_weights(torch.tensor([0.0, 4.0, 0.0])), torch.tensor([0.5, 0.0, 0.5]))
+    assert torch.isfinite(orthogonal_min_norm_weights(torch.zeros(3))).all()
