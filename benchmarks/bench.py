@@ -63,7 +63,12 @@ BERT_BASE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediat
 # bert-base's depth and operator count at 1/32 of its width: so little arithmetic that a step's time is
 # the host's (Python, dispatch), the regime that bound every implementation on the GPU we had.
 BERT_BASE_THIN = {**BERT_BASE, "hidden_size": 24, "intermediate_size": 96}
-RANDOM_SHAPES = {"bert-base-random": BERT_BASE, "bert-base-thin": BERT_BASE_THIN}
+MINILM = {"hidden_size": 384, "num_layers": 6, "num_heads": 12, "intermediate_size": 1536}
+TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}  # dry runs of the scripts
+# Random weights of a shape: speed does not depend on the weights' values, and a GPU machine that
+# cannot receive MiniLM's 90 MB checkpoint in one transfer can still time MiniLM's shape.
+RANDOM_SHAPES = {"bert-base-random": BERT_BASE, "bert-base-thin": BERT_BASE_THIN, "minilm-random": MINILM,
+                 "tiny": TINY}
 
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -161,6 +166,11 @@ def mtbert_train_compiled(args, task: str) -> dict:
 
 def mtbert_train_bf16(args, task: str) -> dict:
     return mtbert_train(args, task, precision="bf16")
+
+
+def mtbert_train_graphs(args, task: str) -> dict:
+    """torch.compile in "reduce-overhead" mode: CUDA graphs, one per batch shape (issue 29's prepared fix)."""
+    return mtbert_train(args, task, compile=True, compile_mode="reduce-overhead")
 
 
 def time_loop(args, trainer, tasks: list[str]) -> dict:
@@ -508,6 +518,7 @@ RUNS = {
     **{f"train/{t}/mtbert": (mtbert_train, t) for t in TASKS},
     **{f"train/{t}/mtbert_compiled": (mtbert_train_compiled, t) for t in TASKS},
     **{f"train/{t}/mtbert_bf16": (mtbert_train_bf16, t) for t in TASKS},
+    **{f"train/{t}/mtbert_graphs": (mtbert_train_graphs, t) for t in TASKS},
     **{f"train/{t}/hf_trainer": (hf_train, t) for t in TASKS},
     **{f"train/{t}/plain_torch": (plain_train, t) for t in TASKS},
     **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
@@ -515,7 +526,8 @@ RUNS = {
     **{f"eval/{t}/plain_torch": (plain_eval, t) for t in TASKS},
     **{f"step/{m}": (mtbert_step, m) for m in STEP_METHODS},
     **{f"mfu/sst/batch{b}": (mtbert_mfu, b) for b in (32, 256)},
-    **{f"mfu/fixed/{b}x{t}": (mtbert_mfu_fixed, (b, t)) for b, t in ((64, 128), (256, 128), (64, 512), (128, 512))},
+    **{f"mfu/fixed/{b}x{t}": (mtbert_mfu_fixed, (b, t))
+       for b, t in ((64, 128), (256, 128), (64, 512), (128, 512), (2, 16))},  # 2 x 16: gpu.py's dry run
 }
 
 
@@ -538,7 +550,7 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
     for kind in ("train", "eval"):
         for task in TASKS:
             ours = results.get(f"{kind}/{task}/mtbert")
-            for peer in ("hf_trainer", "plain_torch", "mtbert_compiled", "mtbert_bf16"):
+            for peer in ("hf_trainer", "plain_torch", "mtbert_compiled", "mtbert_bf16", "mtbert_graphs"):
                 theirs = results.get(f"{kind}/{task}/{peer}")
                 if ours and theirs:
                     rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",
@@ -563,7 +575,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--encoder", default="minilm-l6",
-                        help="minilm-l6, a BERT directory, bert-base-random, or bert-base-thin")
+                        help="minilm-l6, a BERT directory, or random weights of a shape: " + ", ".join(RANDOM_SHAPES))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="run only these measurements (prefix match)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bench.json"))
@@ -573,8 +585,10 @@ def main() -> None:
         return run_one(args)
 
     # In --only's order (so the most wanted come first when time is short), each once.
-    names = list(dict.fromkeys(n for p in args.only for n in RUNS if n.startswith(p))) if args.only else list(RUNS)
-    if args.device == "cpu" and not args.only:
+    # a full name means that measurement alone; anything else is a prefix
+    names = list(dict.fromkeys(n for p in args.only for n in RUNS if n == p or (p not in RUNS and n.startswith(p)))) \
+        if args.only else list(RUNS)
+    if args.device == "cpu" and not args.only:  # (an explicit --only runs what it names)
         # Fixed shapes up to 128 x 512 are for a GPU: a CPU's training attention (dropout on)
         # materializes every [batch, heads, T, T] score matrix, tens of GB at these shapes.
         names = [n for n in names if not n.startswith("mfu/fixed/")]

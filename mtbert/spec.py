@@ -118,6 +118,9 @@ class TrainSpec:
     save_every: int = attrs.field(default=500, validator=at_least(0))  # steps between resumable states (0: epochs only)
     max_bad_steps: int = attrs.field(default=10, validator=at_least(0))  # non-finite steps in a row before stopping
     compile: bool = False  # torch.compile the encoder's forward (dynamic shapes)
+    # torch.compile's mode; "reduce-overhead" replays CUDA graphs (one per batch shape: length buckets
+    # bound how many), prepared for issue 29 and off until a GPU measures it against "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
 
     def check(self):
         if self.epochs is not None and self.steps is not None:

@@ -86,6 +86,7 @@ CORE = {
         "save_every": "Write a resumable training state every N steps (and at each epoch's start; 0: epochs only).",
         "max_bad_steps": "Stop after this many steps in a row with a non-finite loss or gradient (0: never).",
         "compile": "`torch.compile` the encoder's forward pass (dynamic shapes); see docs/benchmarks.md for when it pays.",
+        "compile_mode": "`torch.compile`'s mode with `compile = true`: `default`, `reduce-overhead` (CUDA graphs, one per batch shape; not yet measured on a GPU) or `max-autotune`.",
     }),
     PhaseSpec: ("`[[phases]]`", {
         "name": "The phase's name in logs and metrics.",

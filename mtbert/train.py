@@ -121,7 +121,8 @@ class Trainer:
                  sum(s.cached for s in splits))
         self.model.to(self.device)
         if cfg.compile:  # the forward only: module names (and checkpoints) stay as they are
-            self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True)
+            self.model.encoder.forward = torch.compile(self.model.encoder.forward, dynamic=True,
+                                                       mode=cfg.compile_mode)
         if self.dist.world > 1:  # same weights on every rank, but each rank its own dropout masks
             torch.manual_seed(spec.seed + 1_000_003 * self.dist.rank)
 
