@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from . import tensorfiles
 
 from . import __version__
 from .atomic import recover, write_directory
@@ -31,10 +33,10 @@ def save_checkpoint(model, directory: Path, meta: dict, extra: dict[str, torch.T
     in ``balancers.safetensors`` for whoever wants to read them; loading a model never needs them."""
     def fill(tmp: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "mtbert": __version__})
+        tensorfiles.save(state, tmp / WEIGHTS, metadata={"format": "pt", "mtbert": __version__})
         if extra:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in extra.items()}, str(tmp / EXTRA),
-                      metadata={"format": "pt", "mtbert": __version__})
+            tensorfiles.save({k: v.detach().to("cpu").contiguous() for k, v in extra.items()}, tmp / EXTRA,
+                             metadata={"format": "pt", "mtbert": __version__})
         model.encoder.save_architecture(tmp / "encoder")
         (tmp / "meta.json").write_text(json.dumps({"mtbert": __version__, **meta}, indent=2))
 

@@ -132,6 +132,8 @@ def run(spec, overrides, out, resume, progress, verbose):
     setup_logging(verbose, run_dir.path / "log.txt" if trainer.dist.main else None)
     log.info("run directory: %s%s", run_dir.path, " (resuming)" if resume else "")
     best = trainer.fit(run_dir, resume=resume is not None)
+    if not trainer.dist.main:  # under torchrun the first rank tells the run's outcome, once
+        return
     if best is None:
         click.echo(f"done: no dev data to score; checkpoint in {run_dir.checkpoint}")
         return

@@ -25,6 +25,11 @@ class Evaluator:
         self.evals_since_best = 0
         self.evaluated_at = -1  # the step of the last evaluation
         self.started = time.perf_counter()
+        self.earlier = 0.0  # seconds the run had trained before this process (a resumed run continues the clock)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across ``--resume``."""
+        return self.earlier + time.perf_counter() - self.started
 
     def predict(self, model, task: str, split):
         """The model's predictions of ``task`` on ``split``, as evaluation makes them."""
@@ -44,7 +49,7 @@ class Evaluator:
             return None
         # Every rank scores the whole dev set (same weights, same result); only the first writes.
         record = {"step": step, "epoch": epoch, "tasks": scores, "overall": overall(self.tasks, scores),
-                  "elapsed_s": round(time.perf_counter() - self.started, 1)}
+                  "elapsed_s": round(self.elapsed(), 1)}
         if phase is not None:
             record["phase"] = phase
         improved = self.best is None or record["overall"] > self.best["overall"]
@@ -60,8 +65,10 @@ class Evaluator:
         self.evals_since_best = 0
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "evals_since_best": self.evals_since_best, "evaluated_at": self.evaluated_at}
+        return {"best": self.best, "evals_since_best": self.evals_since_best, "evaluated_at": self.evaluated_at,
+                "elapsed_s": self.elapsed()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.evals_since_best = state["best"], state["evals_since_best"]
         self.evaluated_at = state["evaluated_at"]
+        self.earlier, self.started = float(state.get("elapsed_s", 0.0)), time.perf_counter()  # older states: 0

@@ -40,8 +40,10 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
                        max_length: int) -> None:
     """``BertForSequenceClassification``: the encoder under ``bert.``, the head's linear layer as
     ``classifier``; config with num_labels, id2label, problem_type."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
+
+    from . import tensorfiles
 
     encoder = model.encoder
     model_type = encoder.save_hf(directory)
@@ -53,7 +55,7 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
         raise MtbertError("the encoder has no pooler weights; a BERT sequence classifier needs them")
     weights["classifier.weight"] = top.linear.weight.detach().cpu().contiguous()
     weights["classifier.bias"] = top.linear.bias.detach().cpu().contiguous()
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tensorfiles.save(weights, directory / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((directory / "config.json").read_text())
     labels = top.label_names
     config.update(architectures=["BertForSequenceClassification"], problem_type=top.problem_type,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import traceback
 from importlib import metadata
 from types import ModuleType
 from typing import Iterable
@@ -58,7 +59,8 @@ def build_registry(entry_points: Iterable[metadata.EntryPoint] | None = None,
         try:
             candidates.append((ep.name, ep.load(), _package(ep)))
         except Exception as exc:  # a broken plugin must not hide the others
-            registry.failures.append(PluginFailure(ep.name, _package(ep), f"import failed: {exc!r}"))
+            registry.failures.append(PluginFailure(ep.name, _package(ep),
+                                                   f"import failed: {exc!r}{where(exc)} (entry point {ep.value})"))
     candidates.extend(modules)
 
     for name, module, package in candidates:
@@ -82,8 +84,17 @@ def build_registry(entry_points: Iterable[metadata.EntryPoint] | None = None,
             try:
                 impl.function(register=register)
             except Exception as exc:
-                registry.failures.append(PluginFailure(name, package, f"{hook_name} raised: {exc!r}"))
+                registry.failures.append(PluginFailure(name, package, f"{hook_name} raised: {exc!r}{where(exc)}"))
     return registry
+
+
+def where(exc: BaseException) -> str:
+    """' at FILE:LINE', the innermost frame of the exception (a SyntaxError's own file and line), so
+    the author of a broken plugin is sent to the line; '' when nothing is known."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 @functools.lru_cache(maxsize=1)

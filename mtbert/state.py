@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from . import tensorfiles
 
 from .atomic import recover, write_directory
 from .errors import CheckpointError
@@ -57,7 +59,7 @@ def save_state(directory: Path, tree: dict) -> None:
     def fill(tmp: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(tree, tensors)
-        save_file(tensors, str(tmp / TENSORS))
+        tensorfiles.save(tensors, tmp / TENSORS)
         (tmp / TREE).write_text(json.dumps(skeleton))
 
     write_directory(directory, fill, "the training state")

@@ -86,7 +86,7 @@ def two_models(registry):
 
 def crash_in_weights(monkeypatch, model):
     """safetensors writes half of the file, then the disk is full."""
-    real = checkpoint.save_file
+    real = checkpoint.tensorfiles.save
 
     def half_then_fail(tensors, filename, metadata=None):
         real(tensors, filename, metadata=metadata)
@@ -94,7 +94,7 @@ def crash_in_weights(monkeypatch, model):
         Path(filename).write_bytes(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", half_then_fail)
+    monkeypatch.setattr(checkpoint.tensorfiles, "save", half_then_fail)
     return WriteError  # a message naming the directory, not the OS error's traceback
 
 

@@ -50,6 +50,7 @@ def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, chan
     spec = write_spec(registry, tmp_path, **{k: v for k, v in changes.items() if v is not None})
     two = torchrun("run", spec, "--out", tmp_path / "two", "--no-progress")
     assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("done: best overall") == 1 and two.stdout.count("results in") == 1  # one rank tells
     one = mtbert("run", spec, "--out", tmp_path / "one", "--no-progress", "--set", "train.batch_size=16")
     assert one.returncode == 0, one.stderr[-3000:]
 

@@ -213,6 +213,9 @@ def test_a_plugin_that_fails_to_import_is_reported_by_name(tmp_path, monkeypatch
     assert problem.startswith("import failed: ")
     for word in BROKEN_WORDS[flavour]:
         assert word in problem, problem
+    # the file and line of the failure, in the plugin's own module (line 1 of each broken source)
+    broken_file = next(tmp_path.glob("broken_*.py"))
+    assert f" at {broken_file}:1" in problem, problem
     assert_builtins_work(reg)
     fine = reg.get("losses", "fine_mae")  # the same package's healthy plugin loads
     assert (fine.plugin, fine.package) == ("fine", "fakepkg")

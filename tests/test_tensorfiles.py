@@ -1,0 +1,39 @@
+"""Checkpoints and states are byte for byte the same for the same tensors (mtbert/tensorfiles.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from mtbert import tensorfiles
+
+SCRIPT = """
+import sys, torch
+from mtbert import tensorfiles
+tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.ones(3, dtype=torch.bfloat16), "c": torch.zeros(1, dtype=torch.int64)}
+tensorfiles.save(tensors, sys.argv[1], metadata={k: "value " + k for k in "pqrstuvwxyz"})
+"""
+
+
+def test_the_same_tensors_give_the_same_bytes_in_every_process(tmp_path):
+    """safetensors' own writer orders the metadata as a Rust hash map does, differently per process
+    (four saves of one tensor with eight metadata keys gave four different files)."""
+    digests = set()
+    for i in range(4):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", SCRIPT, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_what_is_written_reads_back_with_safetensors(tmp_path):
+    tensors = {"w": torch.randn(3, 5), "i": torch.arange(7), "h": torch.randn(2, dtype=torch.float16)}
+    tensorfiles.save(tensors, tmp_path / "x.safetensors", metadata={"format": "pt", "mtbert": "1"})
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    assert int.from_bytes(raw[:8], "little") % 8 == 0  # the data stays aligned
