@@ -30,6 +30,8 @@ def to_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None)
 
 
 def save(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """What ``safetensors.torch.save_file`` writes, with a deterministic header."""
+    """What ``safetensors.torch.save_file`` writes, with a deterministic header. The bytes are made
+    before the file is opened: the tensors may be memory-mapped from the very file being replaced."""
+    data = to_bytes(tensors, metadata)
     with open(path, "wb") as fp:
-        fp.write(to_bytes(tensors, metadata))
+        fp.write(data)

@@ -37,3 +37,14 @@ def test_what_is_written_reads_back_with_safetensors(tmp_path):
     assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in tensors)
     raw = (tmp_path / "x.safetensors").read_bytes()
     assert int.from_bytes(raw[:8], "little") % 8 == 0  # the data stays aligned
+
+
+def test_a_file_can_be_rewritten_from_its_own_memory_mapped_tensors(tmp_path):
+    """export loads model.safetensors (memory-mapped) and writes it back renamed: the bytes must be made
+    before the file is truncated (truncating first read freed pages: a bus error)."""
+    path = tmp_path / "m.safetensors"
+    tensorfiles.save({"w": torch.randn(256, 256)}, path)
+    loaded = load_file(str(path))
+    tensorfiles.save({f"bert.{k}": v for k, v in loaded.items()}, path)
+    back = load_file(str(path))
+    assert torch.equal(back["bert.w"], loaded["bert.w"].clone())
