@@ -127,8 +127,7 @@ def mtbert_stepper(trainer, tasks: list[str]):
     trainer.model.train()
 
     def step():
-        trainer._train_step(tasks)
-        trainer._update()
+        trainer.optimizer_step([tasks])
     return step
 
 
@@ -478,7 +477,7 @@ def mtbert_mfu_fixed(args, shape: tuple[int, int]) -> dict:
                 "labels": torch.randint(0, 5, (batch_size,), generator=generator),
                 "index": torch.arange(batch_size)}
 
-    trainer.streams["sst"].next_batch = synthetic
+    trainer.streams["sst"].take = lambda: (synthetic(), 1.0)
     return measure_mfu(args, trainer)
 
 

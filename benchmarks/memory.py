@@ -61,9 +61,10 @@ def main() -> None:
     original = trainer._update
 
     def update():
-        original()
+        stats = original()
         if trainer.step in (args.steps // 10, args.steps) or trainer.step % (args.steps // 20) == 0:
             samples.append((trainer.step, round(rss_mb(), 1)))
+        return stats
 
     trainer._update = update
     started = time.perf_counter()

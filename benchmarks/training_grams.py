@@ -54,8 +54,7 @@ def capture(steps: int, granularity: str) -> list[torch.Tensor]:
         trainer.prepare_phase(trainer.phases[0])
         plan = trainer.parts.sampler.plan(1)
         for index in range(steps):
-            trainer._train_step(plan[index])
-            trainer._update()
+            trainer.optimizer_step([plan[index]])
     finally:
         PerTaskGradients.block_gram = original
     return seen

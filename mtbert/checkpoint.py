@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import tensorfiles
+from .tensorfiles import save as save_file
 
 from . import __version__
 from .atomic import recover, write_directory
@@ -33,10 +33,10 @@ def save_checkpoint(model, directory: Path, meta: dict, extra: dict[str, torch.T
     in ``balancers.safetensors`` for whoever wants to read them; loading a model never needs them."""
     def fill(tmp: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        tensorfiles.save(state, tmp / WEIGHTS, metadata={"format": "pt", "mtbert": __version__})
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt", "mtbert": __version__})
         if extra:
-            tensorfiles.save({k: v.detach().to("cpu").contiguous() for k, v in extra.items()}, tmp / EXTRA,
-                             metadata={"format": "pt", "mtbert": __version__})
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in extra.items()}, tmp / EXTRA,
+                      metadata={"format": "pt", "mtbert": __version__})
         model.encoder.save_architecture(tmp / "encoder")
         (tmp / "meta.json").write_text(json.dumps({"mtbert": __version__, **meta}, indent=2))
 

@@ -8,7 +8,6 @@ import attrs
 @attrs.define
 class Counters:
     step: int = 0  # optimizer updates so far, over all phases
-    micro: int = 0  # micro-batches of the current phase so far (train.accumulate of them make a step)
     phase: int = 0  # index of the phase being trained; len(phases) once every phase is done
     epoch: int = 1  # epoch of that phase (from 1)
     index: int = 0  # position of the next step in the epoch's plan
@@ -16,12 +15,11 @@ class Counters:
     finished: bool = False  # the final evaluation and the test predictions are written
 
     def start_phase(self, phase: int) -> None:
-        self.phase, self.epoch, self.index, self.micro, self.phase_start = phase, 1, 0, 0, self.step
+        self.phase, self.epoch, self.index, self.phase_start = phase, 1, 0, self.step
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return attrs.asdict(self)
 
-    @classmethod
-    def restore(cls, state: dict) -> "Counters":
-        """The counters from a training state (which holds other keys beside them)."""
-        return cls(**{field.name: state[field.name] for field in attrs.fields(cls)})
+    def load_state_dict(self, state: dict) -> None:
+        for field in attrs.fields(type(self)):
+            setattr(self, field.name, state[field.name])

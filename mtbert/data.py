@@ -427,8 +427,8 @@ class TaskStream:
     function of (seed, pass number), so a stream can be restored exactly.
     In a run of ``world`` processes, every rank draws the same global batches
     of ``batch_size x world`` examples and keeps its own shard of each
-    (``share`` is the shard's fraction of its global batch); global batches
-    too small to give every rank an example are left out.
+    (``take`` hands back the shard's fraction of its global batch with it);
+    global batches too small to give every rank an example are left out.
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, pad_id: int, buckets: bool,
@@ -436,7 +436,7 @@ class TaskStream:
         self.split, self.batch_size, self.seed = split, batch_size * world, seed
         self.pad_id, self.buckets, self.rank, self.world = pad_id, buckets, rank, world
         self.lengths = split.lengths()
-        self.pass_number, self.position, self.share = 0, 0, 1.0
+        self.pass_number, self.position = 0, 0
         self._order = self._make_order()
 
     def _make_order(self) -> list[list[int]]:
@@ -448,20 +448,25 @@ class TaskStream:
     def batches_per_pass(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
-    def next_batch(self) -> dict[str, Tensor]:
+    def take(self) -> tuple[dict[str, Tensor], float]:
+        """The next batch of this rank, and its share of the global batch (1 in one process): the
+        loop weighs the batch's loss by it, so that the average across ranks is the global batch's."""
         if self.position >= len(self._order):
             self.pass_number, self.position = self.pass_number + 1, 0
             self._order = self._make_order()
         indices = self._order[self.position]
         self.position += 1
         mine = shard(indices, self.rank, self.world)
-        self.share = len(mine) / len(indices)
-        return collate(self.split, mine, self.pad_id)
+        return collate(self.split, mine, self.pad_id), len(mine) / len(indices)
 
-    def state(self) -> dict[str, int]:
+    def next_batch(self) -> dict[str, Tensor]:
+        """The next batch of this rank (``take`` without its share)."""
+        return self.take()[0]
+
+    def state_dict(self) -> dict[str, int]:
         return {"pass_number": self.pass_number, "position": self.position}
 
-    def restore(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         self.pass_number, self.position = state["pass_number"], state["position"]
         self._order = self._make_order()
 

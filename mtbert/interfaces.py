@@ -251,10 +251,8 @@ class LoopContext:
     # the model's shared parameters that train now, named (they change with the phase's
     # ``trainable``), for a component that needs gradients at a shared layer
     shared_parameters: Callable[[], list[tuple[str, nn.Parameter]]] = list
-    # the current micro-step's shared representation of each task: the encoder's last-layer token
-    # states of the loop's own forward of the task's batch (one tensor, two for a bi-encoded pair),
-    # in the autograd graph of the task's loss; kept only for a gradient method that says
-    # ``needs_representations = True`` (empty otherwise)
+    # (no longer filled: a gradient method with ``needs_representations = True`` gets them as
+    # ``backward``'s ``representations`` argument; kept so that code reading it does not break)
     representations: Callable[[], dict[str, list[Tensor]]] = dict
 
     def autocast(self) -> ContextManager:
@@ -350,8 +348,9 @@ class GradientMethod:
     """
 
     needs_all_tasks: ClassVar[bool] = False
-    # True: the loop keeps each task's representation of the micro-step for
-    # ``context.representations()`` (what a method acting on the representation reads)
+    # True: the loop calls ``backward(losses, representations=...)`` with each task's shared
+    # representation of the micro-batch: ``{task: [states]}``, the encoder's last-layer token states
+    # of the loop's own forward (two tensors for a bi-encoded pair), in the graph of the task's loss
     needs_representations: ClassVar[bool] = False
     provides: ClassVar[frozenset[str]] = frozenset()
     requires: ClassVar[frozenset[str]] = frozenset()

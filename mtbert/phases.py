@@ -17,6 +17,8 @@ from torch import nn
 
 from .errors import MtbertError
 
+DEFAULT_EPOCHS = 3  # a run's (or a phase's) length when its spec gives neither epochs nor steps
+
 if TYPE_CHECKING:  # types only: phases are resolved from a structured spec, never import it
     from .spec import ComponentSpec, Spec
 
@@ -42,7 +44,7 @@ def resolve_phases(spec: Spec) -> list[Phase]:
     train = spec.train
     if not spec.phases:
         steps = train.steps
-        epochs = None if steps is not None else (train.epochs or 3)
+        epochs = None if steps is not None else (train.epochs or DEFAULT_EPOCHS)
         return [Phase(0, "train", list(spec.tasks), spec.sampler, spec.gradient, spec.balancer, train.trainable,
                       train.last_layers, epochs, steps, train.lr, train.head_lr,
                       where=lambda key: key if key in ("gradient", "sampler", "balancer") else f"train.{key}")]

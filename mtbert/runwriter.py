@@ -51,8 +51,8 @@ class RunWriter:
         else:
             self.tb = NullWriter()
 
-    def evaluation(self, record: dict, model, balancers: dict, tasks: dict, best_predictions: dict | None) -> None:
-        """One evaluation: its line and scalars; with ``best_predictions``, a new best to checkpoint."""
+    def evaluation(self, record: dict) -> None:
+        """One evaluation: its line in metrics.jsonl, its scalars, its log line."""
         if not self.main:
             return
         with writing("the evaluation's line", self.run.metrics):
@@ -65,12 +65,16 @@ class RunWriter:
         log.info("step %d (epoch %d): overall %.4f  %s", step, record["epoch"], record["overall"],
                  "  ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in s.items())
                            for t, s in record["tasks"].items()))
-        if best_predictions is None:
+
+    def best(self, record: dict, model, balancers: dict, tasks: dict, predictions: dict) -> None:
+        """A new best evaluation: the checkpoint, best.json and the dev predictions."""
+        if not self.main:
             return
-        self.checkpoint(model, balancers, {"step": step, "epoch": record["epoch"], "overall": record["overall"]})
+        self.checkpoint(model, balancers, {"step": record["step"], "epoch": record["epoch"],
+                                           "overall": record["overall"]})
         with writing("the best evaluation and its dev predictions", self.run.path):
             self.run.write_best(record)
-            for task, values in best_predictions.items():
+            for task, values in predictions.items():
                 parts = tasks[task]
                 write_predictions(self.run.predictions / f"{task}-dev-output.csv", parts.splits["dev"].ids,
                                   values, parts.prediction_column)
@@ -81,20 +85,29 @@ class RunWriter:
         save_checkpoint(model, self.run.checkpoint, meta, extra)
 
     def finish(self, model, balancers: dict, evaluator, meta: dict) -> None:
-        """Test predictions from the best checkpoint (or the last weights when nothing was scored)."""
+        """Test predictions from the best checkpoint (or the last weights when nothing was scored).
+        The best weights go into the model only for the predictions: it keeps the last step's
+        weights afterwards, as on every other rank."""
         if not self.main:
             return
-        if evaluator.best is not None:
-            load_weights(model, self.run.checkpoint)
-        else:
+        if evaluator.best is None:
             self.checkpoint(model, balancers, meta)
-        for name, parts in evaluator.tasks.items():
-            test = parts.splits.get("test")
-            if test is not None:
+        tests = {name: parts for name, parts in evaluator.tasks.items() if "test" in parts.splits}
+        if not tests:
+            return
+        last = {k: v.detach().clone() for k, v in model.state_dict().items()} if evaluator.best is not None else None
+        try:
+            if last is not None:
+                load_weights(model, self.run.checkpoint)
+            for name, parts in tests.items():
+                test = parts.splits["test"]
                 values = evaluator.predict(model, name, test)
                 with writing("the test predictions", self.run.predictions):
                     write_predictions(self.run.predictions / f"{name}-test-output.csv", test.ids, values,
                                       parts.prediction_column)
+        finally:
+            if last is not None:
+                model.load_state_dict(last)
 
     def state(self, tree: dict) -> None:
         if self.main:

@@ -98,7 +98,7 @@ class TaskSpec:
 
 @attrs.frozen
 class TrainSpec:
-    epochs: int | None = attrs.field(default=None, validator=at_least(1))
+    epochs: int | None = attrs.field(default=None, validator=at_least(1))  # None: phases.DEFAULT_EPOCHS (or steps)
     steps: int | None = attrs.field(default=None, validator=at_least(1))
     batch_size: int = attrs.field(default=32, validator=at_least(1))
     eval_batch_size: int = attrs.field(default=128, validator=at_least(1))

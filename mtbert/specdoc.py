@@ -16,6 +16,7 @@ import typing
 
 import attrs
 
+from .phases import DEFAULT_EPOCHS
 from .registry import Registry
 from .spec import ComponentSpec, DataSpec, PhaseSpec, Spec, TaskData, TaskSpec, TrainSpec
 from .structure import type_name
@@ -66,7 +67,7 @@ CORE = {
         "limit": "Read only the first N rows of each file (quick runs).",
     }),
     TrainSpec: ("`[train]`", {
-        "epochs": "Length of the run in epochs (default 3 when neither epochs nor steps is given).",
+        "epochs": f"Length of the run in epochs (default {DEFAULT_EPOCHS} when neither epochs nor steps is given).",
         "steps": "Length of the run in optimizer steps, instead of epochs.",
         "batch_size": "Examples per task batch.",
         "eval_batch_size": "Examples per batch when predicting.",
@@ -83,7 +84,7 @@ CORE = {
         "threads": "CPU threads for torch (default: torch's choice).",
         "trainable": "What trains: `all`, `heads`, `adapters` (+ heads) or `last_layers` (+ pooler, adapters, heads).",
         "last_layers": "How many top encoder layers `trainable = \"last_layers\"` trains.",
-        "save_every": "Write a resumable training state every N steps (and at each epoch's start; 0: epochs only).",
+        "save_every": "Write a resumable training state every N steps (and after each epoch's and each phase's last step; 0: those only).",
         "max_bad_steps": "Stop after this many steps in a row with a non-finite loss or gradient (0: never).",
         "compile": "`torch.compile` the encoder's forward pass (dynamic shapes); see docs/benchmarks.md for when it pays.",
         "compile_mode": "`torch.compile`'s mode with `compile = true`: `default`, `reduce-overhead` (CUDA graphs, one per batch shape; not yet measured on a GPU) or `max-autotune`.",

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import tensorfiles
+from .tensorfiles import save as save_file
 
 from .atomic import recover, write_directory
 from .errors import CheckpointError
@@ -59,7 +59,7 @@ def save_state(directory: Path, tree: dict) -> None:
     def fill(tmp: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(tree, tensors)
-        tensorfiles.save(tensors, tmp / TENSORS)
+        save_file(tensors, tmp / TENSORS)
         (tmp / TREE).write_text(json.dumps(skeleton))
 
     write_directory(directory, fill, "the training state")
@@ -70,7 +70,7 @@ def load_state(directory: Path) -> dict:
     recover(directory)
     if not (directory / TREE).is_file():
         raise CheckpointError(f"no training state in {directory}: the run saved none before it stopped "
-                              "(states are written every train.save_every steps and at each epoch's end)")
+                              "(states are written every train.save_every steps and after each epoch's last step)")
     try:
         tensors = load_file(str(directory / TENSORS))
         return unflatten(json.loads((directory / TREE).read_text()), tensors)
@@ -79,15 +79,34 @@ def load_state(directory: Path) -> dict:
 
 
 def peek(directory: Path) -> dict:
-    """The top-level JSON values of a saved state (its counters), without reading its tensors;
-    {} when there is no readable state."""
+    """A saved state's counters (step, finished, ...), without reading its tensors; {} when there
+    is no readable state."""
     directory = Path(directory)
     recover(directory)
     try:
         skeleton = json.loads((directory / TREE).read_text())
-    except (OSError, json.JSONDecodeError):
+        counters = dict(skeleton.get("__dict__", [])).get("counters", {})
+        return {k: v for k, v in counters.get("__dict__", []) if isinstance(k, str) and not isinstance(v, dict)}
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
         return {}
-    return {k: v for k, v in skeleton.get("__dict__", []) if isinstance(k, str) and not isinstance(v, dict)}
+
+
+STATE_FORMAT = 2  # the tree's layout: {"format", one entry per stateful part by name}; 1 had no "format"
+
+
+class RandomState:
+    """Every rank's random generators (torch, Python's, CUDA's) as one stateful part of the run:
+    ``state_dict`` gathers them from every process (a collective: every rank calls it), and
+    ``load_state_dict`` sets this rank's."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def state_dict(self) -> list[dict]:
+        return self.group.gather_objects(rng_state())
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        set_rng_state(states[self.group.rank])
 
 
 def rng_state() -> dict:

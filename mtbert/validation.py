@@ -46,6 +46,12 @@ def declared(registry: Registry, component: ComponentSpec, capability: str, defa
     return getattr(registry.get(component.kind, component.name).factory, capability, default)
 
 
+def offering(registry: Registry, capability: str, kind: str = "encoders") -> str:
+    """The installed components of ``kind`` whose factory declares ``capability``, for a hint."""
+    names = [n for n in registry.names(kind) if getattr(registry.get(kind, n).factory, capability, False)]
+    return ", ".join(f'"{n}"' for n in names) if names else f"none is installed ({kind} that declare {capability})"
+
+
 def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     """Checks across the whole spec: phases, the step contract, adapters, what components need."""
     problems = []
@@ -92,13 +98,14 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     for i, adapter in enumerate(spec.adapters):
         if declared(registry, adapter, "needs_layer_slots") and not declared(registry, spec.encoder, "layer_slots"):
             problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
-                             f"which encoder \"{spec.encoder.name}\" does not offer; use encoder \"minbert\""))
+                             f"which encoder \"{spec.encoder.name}\" does not offer; use an encoder that does: "
+                             f"{offering(registry, 'layer_slots')}"))
     for i, regularizer in enumerate(spec.regularizers):
         if declared(registry, regularizer, "needs_embeddings") and \
                 not declared(registry, spec.encoder, "input_embeddings"):
             problems.append((f"regularizers[{i}]", f"\"{regularizer.name}\" perturbs the input embeddings, which "
                              f"encoder \"{spec.encoder.name}\" does not give (no input_embeddings); "
-                             "use encoder \"minbert\" or \"hf\""))
+                             f"use an encoder that does: {offering(registry, 'input_embeddings')}"))
     return problems
 
 

@@ -145,8 +145,7 @@ def step_round(trainer):
 
     def run():
         for names in step_tasks:
-            trainer._train_step(names)
-            trainer._update()
+            trainer.optimizer_step([names])
     return run, len(step_tasks)
 
 
@@ -184,11 +183,11 @@ class Interrupted(Exception):
 
 def interrupt_at(trainer, at_step):
     """Make ``trainer`` raise Interrupted when it is about to train step ``at_step``."""
-    original = trainer._train_step
+    original = trainer._micro_batch
 
-    def step(tasks):
+    def micro_batch(tasks):
         if trainer.step == at_step:
             raise Interrupted
         original(tasks)
 
-    trainer._train_step = step
+    trainer._micro_batch = micro_batch

@@ -86,7 +86,7 @@ def two_models(registry):
 
 def crash_in_weights(monkeypatch, model):
     """safetensors writes half of the file, then the disk is full."""
-    real = checkpoint.tensorfiles.save
+    real = checkpoint.save_file
 
     def half_then_fail(tensors, filename, metadata=None):
         real(tensors, filename, metadata=metadata)
@@ -94,7 +94,7 @@ def crash_in_weights(monkeypatch, model):
         Path(filename).write_bytes(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.tensorfiles, "save", half_then_fail)
+    monkeypatch.setattr(checkpoint, "save_file", half_then_fail)
     return WriteError  # a message naming the directory, not the OS error's traceback
 
 
@@ -340,7 +340,7 @@ def test_the_tiny_run_finished_and_never_called_torch_load(tiny_run):
     run, best, predicted, state, _, root = tiny_run
     assert best is not None and set(best["tasks"]) == {"sst", "sts"}
     assert predicted == 8 and len((root / "predicted.csv").read_text().splitlines()) == 9
-    assert state["step"] >= 1 and "model" in state
+    assert state["counters"]["step"] >= 1 and "model" in state
     assert (run.checkpoint / WEIGHTS).is_file() and (run.state / "tensors.safetensors").is_file()
 
 

@@ -668,13 +668,13 @@ def test_task_stream_passes_and_reshuffles(buckets):
     stream = TaskStream(split, batch_size=4, seed=5, pad_id=0, buckets=buckets)
     assert stream.batches_per_pass == 8
     first = stream_indices(stream, 8)
-    assert stream.state() == {"pass_number": 0, "position": 8}
+    assert stream.state_dict() == {"pass_number": 0, "position": 8}
     second = stream_indices(stream, 8)
-    assert stream.state() == {"pass_number": 1, "position": 8}
+    assert stream.state_dict() == {"pass_number": 1, "position": 8}
     for one_pass in (first, second):
         assert sorted(i for b in one_pass for i in b) == list(range(30))
     assert [i for b in first for i in b] != [i for b in second for i in b]
-    assert stream_indices(stream, 1) and stream.state() == {"pass_number": 2, "position": 1}
+    assert stream_indices(stream, 1) and stream.state_dict() == {"pass_number": 2, "position": 1}
 
 
 def test_task_stream_depends_on_seed():
@@ -691,11 +691,11 @@ def test_task_stream_restore_resumes_exactly(drawn):
     split = synthetic_split(lengths)
     stream = TaskStream(split, batch_size=4, seed=9, pad_id=0, buckets=True)
     stream_indices(stream, drawn)
-    state = stream.state()
+    state = stream.state_dict()
     expected = [stream.next_batch() for _ in range(12)]  # crosses at least one pass boundary
 
     resumed = TaskStream(split, batch_size=4, seed=9, pad_id=0, buckets=True)
-    resumed.restore(dict(state))
+    resumed.load_state_dict(dict(state))
     got = [resumed.next_batch() for _ in range(12)]
     for want, have in zip(expected, got):
         assert torch.equal(want["index"], have["index"])

@@ -88,7 +88,8 @@ def test_ranks_split_each_global_batch(registry, tmp_path):
     ranks = [TaskStream(split, 8, seed=5, pad_id=0, buckets=True, rank=r, world=2) for r in (0, 1)]
     for _ in range(6):  # more than a pass: 40 rows = 16 + 16 + 8
         whole = one.next_batch()["index"].tolist()
-        parts = [stream.next_batch()["index"].tolist() for stream in ranks]
+        (first, share_0), (second, share_1) = (stream.take() for stream in ranks)
+        parts = [first["index"].tolist(), second["index"].tolist()]
         assert parts[0] + parts[1] == whole and not set(parts[0]) & set(parts[1])
-        assert ranks[0].share + ranks[1].share == 1.0
+        assert share_0 + share_1 == 1.0 and share_0 == len(parts[0]) / len(whole)
     assert shard([1, 2, 3, 4, 5], 0, 2) == [1, 2, 3] and shard([1, 2, 3, 4, 5], 1, 2) == [4, 5]

@@ -145,7 +145,7 @@ def steps_under_recorder(registry, tmp_path, changes, tamper=None):
         tamper(trainer)
     recorder = ReadBackRecorder()
     for stream in trainer.streams.values():
-        stream.next_batch = Paused(recorder, stream.next_batch)
+        stream.take = Paused(recorder, stream.take)
     steps()  # warm-up: optimizer state, SMART's teacher copy
     with recorder:
         steps()

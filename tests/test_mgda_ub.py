@@ -70,8 +70,8 @@ def test_update_of_a_small_model_by_hand(registry, normalization, tasks):
     method = gradient_method(registry, "mgda_ub", normalization=normalization)
     names = [f"t{t}" for t in range(3)]
     representations = {k: [v] for k, v in z.items()}
-    method.setup([("w", model.w)], list(model.heads), names, LoopContext(representations=lambda: representations))
-    method.backward(losses)
+    method.setup([("w", model.w)], list(model.heads), names, LoopContext())
+    method.backward(losses, representations=representations)
     stats = method.finish()
     # by hand: d_t = |dL_t/dZ_t|^2, n_t from the normalization, a_t ~ n_t^2 / d_t
     model_b = ThreeTasks()
@@ -107,19 +107,19 @@ def test_the_loop_hands_over_the_encoders_states(registry, tmp_path):
     seen = {}
     original = parts.gradient.backward
 
-    def spy(losses):
-        reps = trainer.context.representations()
+    def spy(losses, representations):
+        reps = representations
         seen["shapes"] = {t: [tuple(r.shape) for r in reps[t]] for t in reps}
         seen["d"] = torch.stack([sum(g.square().sum() for g in torch.autograd.grad(losses[t], reps[t],
                                                                                  retain_graph=True))
                                  for t in losses])
-        original(losses)
+        original(losses, representations=representations)
     parts.gradient.backward = spy
-    trainer._train_step(list(parts.phase.tasks))
+    trainer._micro_batch(list(parts.phase.tasks))
     hidden = TINY_ENCODER["hidden_size"]
     assert set(seen["shapes"]) == {"sent", "count"}
     assert all(len(s) == 1 and s[0][0] == 8 and s[0][2] == hidden for s in seen["shapes"].values())
-    assert trainer.representations == {}  # not kept past the step
+    assert not hasattr(trainer, "representations")  # handed to the step, not kept on the trainer
     stats = parts.gradient.finish()
     torch.testing.assert_close(torch.stack([stats["weight/sent"], stats["weight/count"]]),
                                orthogonal_min_norm_weights(seen["d"]))

@@ -127,8 +127,8 @@ def test_sequential_phase_trains_one_task_first(registry, tmp_path):
     trainer = Trainer(spec, registry, progress=False)
     start = snapshot(trainer.model)
     seen = []
-    original = trainer._train_step
-    trainer._train_step = lambda tasks: (seen.append((trainer.parts.phase.name, tuple(tasks))), original(tasks))[1]
+    original = trainer._micro_batch
+    trainer._micro_batch = lambda tasks: (seen.append((trainer.parts.phase.name, tuple(tasks))), original(tasks))[1]
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     assert {t for p, t in seen if p == "count-first"} == {("count",)}
     assert {t for p, t in seen if p == "together"} == {("sent",), ("count",)}

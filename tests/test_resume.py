@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from mtbert.errors import MtbertError, SpecError
 from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
+from mtbert.state import load_state, peek
 from mtbert.train import Trainer
 
 from helpers import Interrupted, interrupt_at, toy_data, toy_spec, script, mtbert
@@ -34,14 +35,14 @@ def run_interrupted(registry, spec, path, at_step):
     interrupt_at(trainer, at_step)
     with pytest.raises(Interrupted):
         trainer.fit(RunDir.create(spec, str(path)))
-    saved = json.loads((path / "state" / "state.json").read_text())  # where the state was taken
+    saved = peek(path / "state")  # where the state was taken
     resumed = Trainer(spec, registry, progress=False)
     calls = []
-    original_resumed = resumed._train_step
-    resumed._train_step = lambda tasks: (calls.append(resumed.step), original_resumed(tasks))
+    original_resumed = resumed._micro_batch
+    resumed._micro_batch = lambda tasks: (calls.append(resumed.step), original_resumed(tasks))
     resumed.fit(RunDir.existing(path, spec), resume=True)
     # it continued from the saved state, close to the interruption, rather than starting over
-    assert calls[0] == [v for k, v in saved["__dict__"] if k == "step"][0] > 0
+    assert calls[0] == saved["step"] > 0
     assert at_step - calls[0] <= 4
 
 
@@ -122,12 +123,8 @@ def run_and_stop(path, out, signum):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = out / "state" / "state.json"
     while process.poll() is None:
-        try:  # written by an atomic rename: whole when visible, absent during the swap
-            saved = json.loads(state.read_text())
-        except FileNotFoundError:
-            saved = None
-        if saved is not None:
-            step = [v for k, v in saved["__dict__"] if k == "step"][0]
+        if state.exists():  # written by an atomic rename: whole when visible, absent during the swap
+            step = peek(out / "state").get("step", 0)
             if 6 <= step < 54:
                 process.send_signal(signum)
                 return process, step
@@ -183,3 +180,44 @@ def test_stopped_mid_epoch_then_resume_from_the_command_line(registry, tmp_path,
 def read_best_step(run):
     """The last step of a finished run, from its final metrics line."""
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+
+
+def test_elapsed_time_continues_across_resume(registry, tmp_path):
+    """metrics.jsonl's elapsed_s counts the run's training time: a resumed run continues the clock
+    of the state it resumed from rather than restarting from zero."""
+    spec = spec_for(registry, tmp_path)
+    path = tmp_path / "run"
+    trainer = Trainer(spec, registry, progress=False)
+    interrupt_at(trainer, 18)
+    with pytest.raises(Interrupted):
+        trainer.fit(RunDir.create(spec, str(path)))
+    before = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    state = load_state(path / "state")
+    saved, cut = state["evaluator"]["elapsed_s"], state["counters"]["step"]
+    assert before and saved >= before[-1]["elapsed_s"] > 0
+    Trainer(spec, registry, progress=False).fit(RunDir.existing(path, spec), resume=True)
+    after = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in after if r["step"] > cut]  # evaluated by the resumed run
+    assert resumed and all(r["elapsed_s"] >= saved for r in resumed)
+    assert [r["elapsed_s"] for r in after] == sorted(r["elapsed_s"] for r in after)
+
+
+def test_the_model_ends_with_the_last_steps_weights(registry, tmp_path):
+    """After fit the model holds the last optimizer step's weights (as the final training state does),
+    not the best checkpoint's, which only the test predictions are made with."""
+    spec = spec_for(registry, tmp_path)
+    trainer = Trainer(spec, registry, progress=False)
+    last = {}
+    original = trainer._update
+
+    def update():
+        stats = original()
+        last.update({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return stats
+
+    trainer._update = update
+    trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
+    final = load_state(tmp_path / "run" / "state")
+    assert final["counters"]["finished"]
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, last[key]) and torch.equal(final["model"][key], last[key]), key

@@ -10,6 +10,7 @@ import tomli_w
 from click.testing import CliRunner
 
 import mtbert.state as state_module
+from mtbert.state import peek
 from mtbert.build import build_model
 from mtbert.checkpoint import load_weights
 from mtbert.cli import main
@@ -42,8 +43,7 @@ def fail_on_second_state(monkeypatch, raised: BaseException):
 
 
 def saved_step(run):
-    skeleton = json.loads((run / "state" / "state.json").read_text())
-    return dict((k, v) for k, v in skeleton["__dict__"] if isinstance(k, str))["step"]
+    return peek(run / "state")["step"]
 
 
 @pytest.mark.parametrize("raised, code, message", [

@@ -492,8 +492,8 @@ def test_trains_through_the_loop_and_logs_both_terms(registry, tmp_path):
     }
     spec = structure_spec(data, registry)
     trainer = Trainer(spec, registry, progress=False)
-    (reg,) = trainer.regularizers
-    assert isinstance(reg, Smart)
+    (reg,) = trainer.regularizers.values()
+    assert isinstance(reg, Smart) and list(trainer.regularizers) == ["smart"]
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     assert trainer.step == 3
 

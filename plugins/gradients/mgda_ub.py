@@ -77,8 +77,7 @@ class MgdaUb(GradientMethod):
         self.options = options
         self.weights: dict[str, Tensor] = {}
 
-    def backward(self, losses: dict[str, Tensor]) -> None:
-        representations = self.context.representations()
+    def backward(self, losses: dict[str, Tensor], representations: dict[str, list[Tensor]]) -> None:
         names = list(losses)
         squared = []
         for task in names:
