@@ -156,8 +156,10 @@ class Structurer:
         start = len(self.problems)
         fields = {f.name: f for f in attrs.fields(cls) if f.init}
         hints = typing.get_type_hints(cls)
+        # keys a class no longer has but older specs may hold: accepted and ignored (key -> why)
+        retired = getattr(cls, "__retired_keys__", {})
         for key in value:
-            if key not in fields:
+            if key not in fields and key not in retired:
                 known = ", ".join(fields) or "none"
                 self.problem(join(path, key), f"unknown key{closest(key, fields)}; known keys: {known}")
         kwargs = {}

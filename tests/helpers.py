@@ -11,55 +11,14 @@ import sys
 from pathlib import Path
 
 from mtbert.spec import structure_spec
+# the plugin kit's toy run, its interruption and its step rounds: one definition, shared with outside authors
+from mtbert.testing.readback import step_round  # noqa: F401
+from mtbert.testing.runs import TINY_ENCODER, FILLER, Interrupted, interrupt_at, toy_data, toy_spec  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 DATA = Path(os.environ.get("MTBERT_DATA") or ROOT.parent / "shared" / "data" / "cs224n").resolve()
-
-
-# A 2-layer, hidden-32 BERT with MiniLM's tokenizer and random weights: the
-# encoder for fast tests. As spec data, so it can go straight into a spec.
-TINY_ENCODER = {"name": "minbert", "pretrained": "minilm-l6", "init": "random", "num_layers": 2,
-                "hidden_size": 32, "num_heads": 2, "intermediate_size": 64}
-
-
-FILLER = "the a movie film plot actor scene story it was is and of very quite rather".split()
-
-
-def toy_data(directory, n=192, seed=0):
-    """Binary sentiment that hinges on one word, and a score that counts a word."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    rows, pairs = ["id\tsentence\tlabel"], ["id\ts1\ts2\tscore"]
-    for i in range(n):
-        label = i % 2
-        words = rng.sample(FILLER, 5) + ["good" if label else "bad"]
-        rng.shuffle(words)
-        rows.append(f"r{i}\t{' '.join(words)}\t{label}")
-        k = rng.randint(0, 3)
-        pairs.append(f"p{i}\t{' '.join(rng.sample(FILLER, 3) + ['wow'] * k)}\t{rng.choice(FILLER)}\t{k}")
-    (directory / "sent.tsv").write_text("\n".join(rows) + "\n")
-    (directory / "pairs.tsv").write_text("\n".join(pairs) + "\n")
-    return directory
-
-
-def toy_spec(registry, directory, **train):
-    data = {
-        "name": "toy", "seed": 3,
-        "encoder": dict(TINY_ENCODER),
-        "data": {"dir": str(directory), "max_length": 16},
-        "train": {"batch_size": 16, "lr": 3e-3, "log_every": 5, **train},
-        "tasks": {
-            "sent": {"data": {"train": "sent.tsv", "dev": "sent.tsv"},
-                     "head": {"name": "classifier", "num_labels": 2, "pooling": "mean"},
-                     "loss": "cross_entropy", "metrics": ["accuracy", "f1"]},
-            "count": {"data": {"train": "pairs.tsv", "dev": "pairs.tsv", "text": "s1", "text_pair": "s2",
-                               "label": "score"},
-                      "head": {"name": "regression", "pooling": "mean"}, "loss": "mse", "metrics": ["pearson"]},
-        },
-    }
-    return structure_spec(data, registry)
 
 
 def read_metrics(path):
@@ -136,19 +95,6 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
 }
 
 
-def step_round(trainer):
-    """The first phase prepared; each call of the result runs one round of optimizer steps (one
-    all-tasks step under the all_tasks sampler, else one step per task). Also: steps per round."""
-    trainer.prepare_phase(trainer.phases[0])
-    tasks = list(trainer.phases[0].tasks)
-    step_tasks = [tasks] if trainer.phases[0].sampler.name == "all_tasks" else [[t] for t in tasks]
-
-    def run():
-        for names in step_tasks:
-            trainer.optimizer_step([names])
-    return run, len(step_tasks)
-
-
 def gradient_method(registry, name, **options):
     """A gradient method built from spec options, as the loop builds it."""
     from mtbert.build import make
@@ -175,19 +121,3 @@ def aggregate(method, grads, losses=None):
                      for t, g, v in zip(tasks, grads, values)})
     method.finish()
     return param.grad.clone()
-
-
-class Interrupted(Exception):
-    """What ``interrupt_at`` raises: the run stops there as if killed."""
-
-
-def interrupt_at(trainer, at_step):
-    """Make ``trainer`` raise Interrupted when it is about to train step ``at_step``."""
-    original = trainer._micro_batch
-
-    def micro_batch(tasks):
-        if trainer.step == at_step:
-            raise Interrupted
-        original(tasks)
-
-    trainer._micro_batch = micro_batch

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtbert.spec import structure_spec, unstructure
+from mtbert.testing.runs import assert_two_processes_equal_one
 
 from helpers import ROOT, TINY_ENCODER, toy_data, toy_spec, script, mtbert, torchrun
 
@@ -72,6 +73,18 @@ def test_two_processes_equal_one_with_the_doubled_batch(registry, tmp_path, chan
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), (a, b)
     metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2  # written once, by the first rank
+
+
+def test_the_kits_two_process_check_on_a_stateful_balancer(registry, tmp_path):
+    """The plugin kit's check (mtbert.testing.runs), as an outside author runs it: FAMO's logits move
+    from the global batch's losses, so two ranks train like one process with the doubled batch."""
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=64), epochs=1, log_every=1,
+                                batch_size=8, lr=3e-3))
+    data["encoder"] = {**TINY_ENCODER, "dropout": 0.0, "attention_dropout": 0.0}
+    for task in data["tasks"].values():
+        task["head"]["dropout"] = 0.0
+    data.update(sampler="all_tasks", balancer="famo")
+    assert_two_processes_equal_one(registry, data, tmp_path)
 
 
 def test_ranks_split_each_global_batch(registry, tmp_path):

@@ -1,7 +1,8 @@
 """No host read-back in the training step or per evaluation batch, checked on the CPU (CI has no GPU).
 
 tests/test_cuda.py runs training steps under CUDA's sync debug mode, which
-only a GPU machine can do. This is the CPU's stand-in: a torch function mode
+only a GPU machine can do. This is the CPU's stand-in, the plugin kit's
+``mtbert.testing.readback`` (the same check an outside plugin's author runs): a torch function mode
 follows which tensors would live on the device in a GPU run (everything but
 what host code builds from Python values: the batches before their copy,
 random orders drawn on a host generator) and records every call that would
@@ -17,162 +18,41 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
-from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from mtbert.spec import structure_spec, unstructure
+from mtbert.testing.readback import Paused, ReadBackRecorder, read_backs_in_steps
 from mtbert.train import Trainer
 
-from helpers import toy_data, toy_spec, STEP_CASES, step_round
+from helpers import toy_data, toy_spec, STEP_CASES
 
 
-READ_BACKS = {  # each returns host values, or a result whose size the host must learn
-    Tensor.item, Tensor.tolist, Tensor.numpy, Tensor.__bool__, Tensor.__float__, Tensor.__int__,
-    Tensor.__index__, Tensor.cpu, Tensor.nonzero, torch.nonzero, Tensor.argwhere, torch.argwhere,
-    Tensor.masked_select, torch.masked_select, Tensor.unique, torch.unique, Tensor.unique_consecutive,
-    torch.unique_consecutive, Tensor.equal, torch.equal, Tensor.allclose, torch.allclose, torch.is_nonzero,
-    Tensor.bincount, torch.bincount,
-}
-# Solvers and decompositions that check their result on the host (a singular matrix, no
-# convergence): on CUDA each waits for the GPU. Seen on an H200 for pinv, solve and eigh; the others
-# share the same check in torch's source. (The *_ex variants with check_errors=False do not check.)
-HOST_CHECKED = {
-    torch.linalg.solve, torch.linalg.inv, torch.linalg.pinv, torch.linalg.eigh, torch.linalg.eigvalsh,
-    torch.linalg.eig, torch.linalg.eigvals, torch.linalg.svd, torch.linalg.svdvals, torch.linalg.cholesky,
-    torch.linalg.lstsq, torch.linalg.matrix_rank, torch.linalg.lu_factor, torch.linalg.tensorsolve,
-    torch.linalg.tensorinv, torch.inverse, torch.pinverse, torch.svd, torch.cholesky,
-}
-
-
-def tensors(value):
-    """The tensors in a call's arguments (one level of lists, tuples and dicts deep)."""
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from tensors(item)
-
-
-class ReadBackRecorder(TorchFunctionMode):
-    """Records read-backs of device tensors; ``host`` holds the tensors host code made."""
-
-    def __init__(self):
-        super().__init__()
-        self.host = WeakIdKeyDictionary()
-        self.read_backs: list[str] = []
-        self.paused = False
-
-    def is_host(self, value) -> bool:
-        return isinstance(value, Tensor) and value in self.host
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.paused:
-            return out
-        inputs = list(tensors(args)) + list(tensors(kwargs))
-        on_device = [t for t in inputs if not self.is_host(t)]
-        if on_device and self.reads_back(func, args, kwargs):
-            self.read_backs.append(getattr(func, "__name__", repr(func)))
-        # Where the output would live in a GPU run. On the CPU a move may return its input
-        # itself, so a move to "the device" takes that tensor off the host's list.
-        if func is Tensor.cpu:
-            on_host = True
-        elif func is Tensor.cuda or (func is Tensor.to and self.moves(args, kwargs)):
-            on_host = False
-        elif inputs:
-            on_host = not on_device
-        else:
-            on_host = "device" not in kwargs  # a factory without a device: the host
-        for result in tensors(out):
-            if on_host:
-                self.host[result] = True
-            else:
-                self.host.pop(result, None)
-        return out
-
-    def moves(self, args, kwargs) -> bool:
-        """Whether a Tensor.to call names a device (or another device tensor) to move to."""
-        targets = list(args[1:]) + [kwargs.get("device"), kwargs.get("other")]
-        return any(isinstance(t, (str, torch.device)) or (isinstance(t, Tensor) and not self.is_host(t))
-                   for t in targets)
-
-    @staticmethod
-    def reads_back(func, args, kwargs) -> bool:
-        if func in READ_BACKS or func in HOST_CHECKED:
-            return True
-        if func in (Tensor.__getitem__, Tensor.__setitem__, Tensor.index_put_, Tensor.index_put):
-            return any(t.dtype == torch.bool for t in tensors(args[1]))  # a boolean mask: nonzero inside
-        if func in (Tensor.repeat_interleave, torch.repeat_interleave):
-            return isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), Tensor) \
-                and kwargs.get("output_size") is None
-        if func is torch.where:
-            return len(args) + len(kwargs) == 1  # where(condition) is nonzero
-        return False
-
-
-class Paused:
-    """Wraps host code (a stream's batch assembly) so that its tensors count as the host's."""
-
-    def __init__(self, recorder, function):
-        self.recorder, self.function = recorder, function
-
-    def __call__(self, *args, **kwargs):
-        self.recorder.paused = True
-        try:
-            out = self.function(*args, **kwargs)
-        finally:
-            self.recorder.paused = False
-        for value in tensors(out):
-            self.recorder.host[value] = True
-        return out
-
-
-def steps_under_recorder(registry, tmp_path, changes, tamper=None):
-    """A warm-up round, then a recorded round, of the toy two-task run's steps; the recorder.
-    ``changes`` are top-level spec keys (train keys go in ``train``); ``tamper(trainer)``
-    runs before the steps."""
+def toy_trainer(registry, tmp_path, changes):
+    """The toy two-task run with ``changes`` (top-level spec keys; train keys go in ``train``)."""
     changes = dict(changes)
     data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), **changes.pop("train", {})))
     data.update(changes)
-    trainer = Trainer(structure_spec(data, registry), registry, progress=False)
-    steps, per_round = step_round(trainer)
-    if tamper is not None:
-        tamper(trainer)
-    recorder = ReadBackRecorder()
-    for stream in trainer.streams.values():
-        stream.take = Paused(recorder, stream.take)
-    steps()  # warm-up: optimizer state, SMART's teacher copy
-    with recorder:
-        steps()
-    assert trainer.step == 2 * per_round
-    return recorder
+    return Trainer(structure_spec(data, registry), registry, progress=False)
 
 
 @pytest.mark.parametrize("changes", [*STEP_CASES.values(), {"train": {"max_grad_norm": 0.0}}],
                          ids=[*STEP_CASES, "no_clipping"])
 def test_training_steps_read_nothing_back_from_the_device(registry, tmp_path, changes):
-    recorder = steps_under_recorder(registry, tmp_path, changes)
-    assert recorder.read_backs == []
+    trainer = toy_trainer(registry, tmp_path, changes)
+    assert read_backs_in_steps(trainer) == []
+    assert trainer.step >= 2  # a warm-up round and a recorded one ran
 
 
 def test_the_recorder_sees_a_read_back(registry, tmp_path):
     """The check can fail: a loss that reads its value back every step, as a hand-written loop
     that prints the loss does, is reported once per task and step."""
-    def read_back_each_loss(trainer):
-        for parts in trainer.tasks.values():
-            def loss(output, labels, original=parts.loss):
-                value = original(output, labels)
-                value.item()
-                return value
-            parts.loss = loss
-
-    recorder = steps_under_recorder(registry, tmp_path, {}, tamper=read_back_each_loss)
-    assert recorder.read_backs == ["item", "item"]  # one step of each of the two tasks
+    trainer = toy_trainer(registry, tmp_path, {})
+    for parts in trainer.tasks.values():
+        def loss(output, labels, original=parts.loss):
+            value = original(output, labels)
+            value.item()
+            return value
+        parts.loss = loss
+    assert read_backs_in_steps(trainer) == ["item", "item"]  # one step of each of the two tasks
 
 
 def test_host_values_are_not_read_backs():

@@ -12,6 +12,7 @@ from mtbert.errors import MtbertError, SpecError
 from mtbert.rundir import RunDir
 from mtbert.spec import structure_spec, unstructure
 from mtbert.state import load_state, peek
+from mtbert.testing.runs import assert_resumes_bitwise
 from mtbert.train import Trainer
 
 from helpers import Interrupted, interrupt_at, toy_data, toy_spec, script, mtbert
@@ -71,14 +72,27 @@ def test_resumed_run_equals_the_uninterrupted_one(registry, tmp_path, at_step):
 
 
 def test_resume_with_gradient_surgery_smart_and_phases(registry, tmp_path):
-    """Every piece of state matters here: GradVac's targets, SMART's teacher, the phase."""
+    """Every piece of state matters here: GradVac's targets, SMART's teacher, the phase. Through the
+    plugin kit's check (mtbert.testing.runs): the checkpoint files equal byte for byte."""
     spec = spec_for(registry, tmp_path, sampler="all_tasks", gradient="gradvac",
                     regularizers=[{"name": "smart", "sigma": 1e-3, "epsilon": 1e-3}],
                     phases=[{"name": "heads", "trainable": "heads", "steps": 3},
                             {"name": "all", "epochs": 2}])
-    run_whole(registry, spec, tmp_path / "whole")
-    run_interrupted(registry, spec, tmp_path / "resumed", at_step=9)
-    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+    assert_resumes_bitwise(registry, spec, tmp_path / "kit", at_step=9)
+
+
+@pytest.mark.parametrize("changes", [{"balancer": "famo"}, {"balancer": "dwa", "train": {"epochs": 4}},
+                                     {"gradient": "db_mtl"}, {"gradient": {"name": "nash_mtl", "update_every": 2}}],
+                         ids=["famo", "dwa", "db_mtl", "nash_mtl"])
+def test_stateful_methods_resume_bitwise(registry, tmp_path, changes):
+    """The methods that keep a running state (FAMO's logits and Adam moments, DWA's epoch losses,
+    DB-MTL's averages, Nash-MTL's reused weights): their runs stopped mid-way end byte for byte as the
+    uninterrupted ones."""
+    changes = dict(changes)
+    train = {"epochs": 3, "save_every": 4, "log_every": 2, **changes.pop("train", {})}
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=96), **train))
+    data.update(sampler="all_tasks", **changes)
+    assert_resumes_bitwise(registry, structure_spec(data, registry), tmp_path / "kit", at_step=11)
 
 
 def test_resume_refuses_another_spec(registry, tmp_path):

@@ -219,3 +219,21 @@ def test_structurer_accepts_ints_for_floats():
     out = structurer.structure(Outer, {"count": 2, "pair": [0, 1], "inner": {"rate": 0}})
     assert out == Outer(count=2, pair=(0.0, 1.0), inner=Inner(rate=0.0))
     assert isinstance(out.pair[0], float)
+
+
+def test_a_method_that_draws_nothing_has_no_seed_and_older_specs_still_load(registry):
+    """CAGrad, MGDA, IMTL-G, Nash-MTL, Aligned-MTL and DB-MTL draw nothing: no seed option and no
+    generator; a spec written when they had one (seed = 0) still loads (the key is retired, ignored).
+    PCGrad draws its order: it keeps its seed."""
+    import attrs
+    from mtbert.build import make
+    from mtbert.spec import structure_component
+
+    for name in ("cagrad", "mgda", "imtl", "nash_mtl", "aligned_mtl", "db_mtl"):
+        component = structure_component("gradient_methods", {"name": name, "seed": 0}, registry)
+        assert "seed" not in attrs.fields_dict(type(component.options)), name
+        assert make(registry, component).generator is None, name
+    with pytest.raises(SpecError):  # an unknown key is still an error
+        structure_component("gradient_methods", {"name": "cagrad", "sed": 0}, registry)
+    pcgrad = make(registry, structure_component("gradient_methods", {"name": "pcgrad", "seed": 4}, registry))
+    assert pcgrad.generator is not None

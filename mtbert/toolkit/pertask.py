@@ -81,9 +81,10 @@ def block_keys(names: list[str], granularity: str) -> list[str]:
 class PerTaskGradients(GradientMethod):
     """Base of gradient surgery: subclasses implement ``coefficients`` (or ``update``).
 
-    ``options`` needs ``seed`` (for the random order of the other tasks that
-    each task is adjusted against) and, for methods that work per block,
-    ``granularity``."""
+    ``options`` may have ``seed``: a method that draws (the random order of the other tasks
+    that PCGrad and GradVac adjust each task against, ``partners``) gets a generator seeded by
+    it, kept in its state for ``--resume``; a method that draws nothing has none. Methods that
+    work per block have ``granularity``. ``needs_all_tasks`` is set here already."""
 
     needs_all_tasks = True
     # the name under which the second value ``coefficients`` returns is logged (gradient/<name>)
@@ -93,7 +94,8 @@ class PerTaskGradients(GradientMethod):
 
     def __init__(self, options):
         self.options = options
-        self.generator = torch.Generator().manual_seed(options.seed)
+        seed = getattr(options, "seed", None)
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     # -- the GradientMethod interface -------------------------------------------------
     def setup(self, shared: list[tuple[str, nn.Parameter]], private: list[nn.Parameter],
@@ -177,11 +179,13 @@ class PerTaskGradients(GradientMethod):
         return stats
 
     def state_dict(self) -> dict:
-        """What a resumed run needs: the order generator (and a subclass's running state)."""
-        return {"generator": self.generator.get_state()}
+        """What a resumed run needs: the order generator, if the method draws (and a subclass's
+        running state)."""
+        return {"generator": self.generator.get_state()} if self.generator is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
 
     # -- for subclasses ------------------------------------------------------------------------
     def update(self, G: Tensor, present: list[int]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -43,9 +43,10 @@ from mtbert.toolkit.smalllinalg import symmetric_eigen
 
 @attrs.frozen
 class AlignedMTLOptions:
+    __retired_keys__ = {"seed": "the method draws nothing"}  # older specs gave it one
+
     scale: Literal["min", "median", "mean"] = "min"  # the common singular value: smallest, median or mean
     granularity: Literal["model", "layer", "tensor"] = "model"
-    seed: int = attrs.field(default=0, validator=at_least(0))  # unused: Aligned-MTL draws nothing (the helper asks)
 
 
 def aligned_weights(gram: Tensor, scale: str = "min") -> Tensor:

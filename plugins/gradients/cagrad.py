@@ -57,11 +57,12 @@ TINY = 1e-30  # guards of the line search, on normalized Gram matrices (entries 
 
 @attrs.frozen
 class CAGradOptions:
+    __retired_keys__ = {"seed": "the method draws nothing"}  # older specs gave it one
+
     c: float = attrs.field(default=0.4, validator=at_least(0.0))  # radius of the ball, in units of |g_0|
     rescale: Literal[0, 1, 2] = 1  # 0: d; 1: d / (1 + c^2); 2: d / (1 + c)  (the official code's option)
     iterations: int = attrs.field(default=30, validator=at_least(1))  # interior-point steps
     granularity: Literal["model", "layer", "tensor"] = "model"
-    seed: int = attrs.field(default=0, validator=at_least(0))  # unused: CAGrad draws nothing (the helper asks)
 
 
 def line_minimum(value_slope, q0, q1, q2, radius, limit):

@@ -41,10 +41,11 @@ from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
 
 @attrs.frozen
 class DBMTLOptions:
+    __retired_keys__ = {"seed": "the method draws nothing"}  # older specs gave it one
+
     beta: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0))  # running-average rate at step 1
     sigma: float = attrs.field(default=0.5, validator=at_least(0.0))  # decay of the rate: beta / k^sigma
     granularity: Literal["model", "layer", "tensor"] = "model"
-    seed: int = attrs.field(default=0, validator=at_least(0))  # unused: DB-MTL draws nothing (the helper asks)
 
 
 class DBMTL(PerTaskGradients):

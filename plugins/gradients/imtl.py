@@ -43,8 +43,9 @@ from mtbert.toolkit.smalllinalg import symmetric_eigen
 
 @attrs.frozen
 class ImtlOptions:
+    __retired_keys__ = {"seed": "the method draws nothing"}  # older specs gave it one
+
     granularity: Literal["model", "layer", "tensor"] = "model"
-    seed: int = attrs.field(default=0, validator=at_least(0))  # unused: IMTL-G draws nothing (the helper asks)
 
 
 def impartial_weights(gram: Tensor) -> Tensor:

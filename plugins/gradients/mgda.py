@@ -49,10 +49,11 @@ from mtbert.toolkit.simplex import min_norm_weights
 
 @attrs.frozen
 class MgdaOptions:
+    __retired_keys__ = {"seed": "the method draws nothing"}  # older specs gave it one
+
     granularity: Literal["model", "layer", "tensor"] = "model"
     iterations: int = attrs.field(default=40, validator=at_least(1))  # interior-point steps
     normalization: Literal["none", "l2", "loss", "loss+"] = "none"
-    seed: int = attrs.field(default=0, validator=at_least(0))  # unused: MGDA draws nothing (the helper asks)
 
 
 class Mgda(PerTaskGradients):

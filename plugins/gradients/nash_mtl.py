@@ -72,10 +72,11 @@ SOLVED = 1e-4  # largest |alpha_t (G alpha)_t - 1| of a solve that counts as a s
 
 @attrs.frozen
 class NashMTLOptions:
+    __retired_keys__ = {"seed": "the method draws nothing"}  # older specs gave it one
+
     update_every: int = attrs.field(default=1, validator=at_least(1))  # optimizer steps between solves
     iterations: int = attrs.field(default=40, validator=at_least(1))  # damped Newton steps per solve
     granularity: Literal["model", "layer", "tensor"] = "model"
-    seed: int = attrs.field(default=0, validator=at_least(0))  # unused: Nash-MTL draws nothing (the helper asks)
 
 
 def bargaining_weights(gram: Tensor, iterations: int = 40) -> Tensor:
