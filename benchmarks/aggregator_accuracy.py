@@ -29,10 +29,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json  # noqa: E402
 
-from mtbert.build import make  # noqa: E402
-from mtbert.interfaces import LoopContext  # noqa: E402
-from mtbert.plugins import default_registry  # noqa: E402
-from mtbert.spec import structure_component  # noqa: E402
+from mtbert.model.build import make  # noqa: E402
+from mtbert.plugin.interfaces import LoopContext  # noqa: E402
+from mtbert.plugin.loading import default_registry  # noqa: E402
+from mtbert.config.spec import structure_component  # noqa: E402
 from mtbert.testing import references  # noqa: E402
 from mtbert.testing.cases import FAMILIES, case  # noqa: E402
 from mtbert.toolkit.pertask import ROW_EPS, rank_tolerance  # noqa: E402

@@ -96,8 +96,8 @@ def encoder_table(args) -> dict:
 
 def mtbert_spec(args, tasks: list[str], train: dict | None = None, **changes):
     """The benchmark's spec for ``tasks``: ``train`` updates its [train] table, ``changes`` replace top-level keys."""
-    from mtbert.plugins import default_registry
-    from mtbert.spec import structure_spec
+    from mtbert.plugin.loading import default_registry
+    from mtbert.config.spec import structure_spec
 
     data = {
         "name": "bench", "seed": 11, "encoder": encoder_table(args),
@@ -115,8 +115,8 @@ def mtbert_spec(args, tasks: list[str], train: dict | None = None, **changes):
 
 
 def mtbert_trainer(args, tasks: list[str], train: dict | None = None, **changes):
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
+    from mtbert.plugin.loading import default_registry
+    from mtbert.training.loop import Trainer
 
     return Trainer(mtbert_spec(args, tasks, train, **changes), default_registry(), progress=False)
 
@@ -188,9 +188,9 @@ def time_loop(args, trainer, tasks: list[str]) -> dict:
 def mtbert_eval(args, task: str) -> dict:
     import attrs
 
-    from mtbert.build import build_model, build_tasks
-    from mtbert.evaluate import predict
-    from mtbert.plugins import default_registry
+    from mtbert.model.build import build_model, build_tasks
+    from mtbert.training.evaluate import predict
+    from mtbert.plugin.loading import default_registry
 
     registry = default_registry()
     spec = mtbert_spec(args, [task])
@@ -209,7 +209,7 @@ def mtbert_eval(args, task: str) -> dict:
 
 
 def autocast_for(args):
-    from mtbert.train import autocast_for as choose
+    from mtbert.training.loop import autocast_for as choose
 
     return choose(torch_device(args), "auto")
 

@@ -6,7 +6,7 @@
 Stages, each a subprocess stopped at its own share of the budget (what it
 had written stays), in this order:
 
-1. ``tests/test_cuda.py`` -> cuda_tests.log
+1. ``tests/training/test_cuda.py`` -> cuda_tests.log
 2. where a bert-base-shaped training step's time goes, mtbert's loop and the
    plain PyTorch loop (wall against kernel time, kernels per step, host
    waits; ``profile_step.py``) -> profile.txt
@@ -26,7 +26,7 @@ methods <= 1.15x and balancers <= 1.05x the summed step at T = 3, the
 128 x 512 step >= 40% of the chip's bf16 dense peak), after each stage's
 command, exit status and seconds. At most 8 files, in one folder.
 ``--dry`` runs every stage on the tiny encoder with a few steps (what
-tests/test_gpu_script.py does on the CPU, so no device minute is lost to a
+tests/commands/test_gpu_script.py does on the CPU, so no device minute is lost to a
 typo).
 """
 
@@ -59,7 +59,7 @@ def stages(args) -> list[tuple[str, list[str], str, float]]:
     profile = [py, str(HERE / "profile_step.py"), *device, "--encoder", big, "--rows", "12",
                *(["--steps", "2", "--warmup", "1"] if dry else ["--steps", "10", "--warmup", "5"])]
     return [
-        ("cuda tests", [py, "-m", "pytest", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider"],
+        ("cuda tests", [py, "-m", "pytest", "tests/training/test_cuda.py", "-q", "-p", "no:cacheprovider"],
          "cuda_tests.log", 0.2),
         ("profile", ["bash", "-c", f"{' '.join(profile)} --impl mtbert; {' '.join(profile)} --impl plain"],
          "profile.txt", 0.12),
@@ -122,7 +122,7 @@ def summary(out: Path) -> str:
 
     tests = (out / "cuda_tests.log").read_text() if (out / "cuda_tests.log").exists() else ""
     last = [line for line in tests.splitlines() if " in " in line and ("passed" in line or "failed" in line)]
-    rows.append(f"| tests/test_cuda.py | {last[-1].strip('= ') if last else '-'} | all pass | "
+    rows.append(f"| tests/training/test_cuda.py | {last[-1].strip('= ') if last else '-'} | all pass | "
                 f"{'-' if not last else 'NO' if 'failed' in last[-1] or 'error' in last[-1] else 'yes'} |")
     for label, name in (("MiniLM", "bench-minilm.json"), ("bert-base", "bench-bert-base.json")):
         results = load(out / name).get("results", {})

@@ -40,8 +40,8 @@ def kind(method: str) -> str:
 
 def stepper(args, method: str, count: int):
     """One optimizer step of ``method`` at T = ``count`` tasks (a built, prepared trainer)."""
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
+    from mtbert.plugin.loading import default_registry
+    from mtbert.training.loop import Trainer
 
     if count == 3:
         budget = argparse.Namespace(**{**vars(args), "steps": args.rounds * args.steps + args.warmup})

@@ -13,7 +13,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from mtbert.report import read_scalars
+from mtbert.commands.report import read_scalars
 
 
 def main() -> None:

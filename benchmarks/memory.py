@@ -36,10 +36,10 @@ def rss_mb() -> float:
 def main() -> None:
     import tomllib
 
-    from mtbert.plugins import default_registry
-    from mtbert.rundir import RunDir
-    from mtbert.spec import structure_spec
-    from mtbert.train import Trainer
+    from mtbert.plugin.loading import default_registry
+    from mtbert.runs.rundir import RunDir
+    from mtbert.config.spec import structure_spec
+    from mtbert.training.loop import Trainer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)

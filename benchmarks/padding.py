@@ -5,7 +5,7 @@
 Unpadded, packed sequences (issue 29) save the work done on pad tokens; this
 counts it: over one shuffled pass of each course task's training file,
 tokenized with MiniLM's tokenizer as mtbert tokenizes it, the real tokens
-over the padded ones of mtbert's batches (``mtbert.data.pass_order``), with
+over the padded ones of mtbert's batches (``mtbert.data.splits.pass_order``), with
 ``train.length_buckets`` on (the default) and off.
 """
 
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json  # noqa: E402
 
-from mtbert.data import pass_order  # noqa: E402
+from mtbert.data.splits import pass_order  # noqa: E402
 from mtbert.toolkit import pretrained  # noqa: E402
 
 FILES = {"sst": ("ids-sst-train.csv", ["sentence"]), "para": ("quora-train.csv", ["sentence1", "sentence2"]),

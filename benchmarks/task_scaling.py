@@ -50,8 +50,8 @@ METHODS = {  # name -> top-level spec changes
 
 
 def spec_for(args, count: int, method: str):
-    from mtbert.plugins import default_registry
-    from mtbert.spec import structure_spec
+    from mtbert.plugin.loading import default_registry
+    from mtbert.config.spec import structure_spec
 
     files = {**task_files("sst"), "limit": args.rows}
     head, loss = TASKS["sst"][4], TASKS["sst"][5]
@@ -71,8 +71,8 @@ def spec_for(args, count: int, method: str):
 
 def measure(args) -> dict:
     import torch
-    from mtbert.plugins import default_registry
-    from mtbert.train import Trainer
+    from mtbert.plugin.loading import default_registry
+    from mtbert.training.loop import Trainer
 
     torch.manual_seed(11)
     method, count = args.one.split("@")

@@ -1,4 +1,4 @@
-"""The ASCII fast path (mtbert/fasttok.py) against the tokenizer itself, on the same sentences.
+"""The ASCII fast path (mtbert/data/fasttok.py) against the tokenizer itself, on the same sentences.
 
     MTBERT_DATA=../shared/data/cs224n python benchmarks/tokenize_speed.py [--file TSV --column sentence]
 
@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from mtbert.fasttok import FastBertEncoder
+from mtbert.data.fasttok import FastBertEncoder
 from mtbert.toolkit.pretrained import load_tokenizer, resolve
 
 

@@ -25,12 +25,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json  # noqa: E402
 
-from mtbert.plugins import default_registry  # noqa: E402
-from mtbert.spec import load_spec  # noqa: E402
+from mtbert.plugin.loading import default_registry  # noqa: E402
+from mtbert.config.spec import load_spec  # noqa: E402
 from mtbert.toolkit.pertask import PerTaskGradients, normalized  # noqa: E402
 from mtbert.toolkit.simplex import min_norm_weights  # noqa: E402
 from mtbert.toolkit.smalllinalg import solve_spd, symmetric_eigen  # noqa: E402
-from mtbert.train import Trainer  # noqa: E402
+from mtbert.training.loop import Trainer  # noqa: E402
 from mtbert_plugins.gradients import cagrad, imtl, nash_mtl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

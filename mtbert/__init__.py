@@ -8,14 +8,14 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
-    from .api import load
+    from mtbert.commands.api import load
 
 
 def __getattr__(name: str):
     # ``mtbert.load`` is mtbert.api.load, imported on first use so that
     # ``import mtbert`` stays light (no torch, no transformers).
     if name == "load":
-        from .api import load
+        from mtbert.commands.api import load
 
         return load
     raise AttributeError(f"module 'mtbert' has no attribute {name!r}")

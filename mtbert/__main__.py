@@ -1,5 +1,5 @@
 """python -m mtbert: the command line, where only the package (not its script) is on the path."""
 
-from .cli import main
+from mtbert.commands.cli import main
 
 main()

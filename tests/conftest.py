@@ -31,7 +31,7 @@ def _quiet_and_deterministic(monkeypatch, _session_cache):
 
 @pytest.fixture(scope="session")
 def registry():
-    from mtbert.plugins import default_registry
+    from mtbert.plugin.loading import default_registry
 
     reg = default_registry()
     assert not reg.failures, reg.failures
@@ -48,7 +48,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder(registry):
     """A built tiny encoder (session-wide: building loads the tokenizer)."""
-    from mtbert.build import make
-    from mtbert.spec import structure_component
+    from mtbert.model.build import make
+    from mtbert.config.spec import structure_component
 
     return make(registry, structure_component("encoders", TINY_ENCODER, registry))

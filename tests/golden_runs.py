@@ -2,8 +2,8 @@
 
 ``python tests/golden_runs.py`` (from the repository root) records, for each
 case, the run's dev metrics and per-tensor statistics of its best checkpoint
-in tests/data/golden/weights.json. The file was written by the loop before
-the redesign of issue 12 (commit c55c1be); tests/test_golden.py trains the
+in tests/fixtures/golden/weights.json. The file was written by the loop before
+the redesign of issue 12 (commit c55c1be); tests/training/test_golden.py trains the
 same cases with today's loop and compares. Statistics rather than a hash:
 another CPU rounds a little differently, a changed loop changes them a lot.
 """
@@ -20,13 +20,13 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mtbert.rundir import RunDir  # noqa: E402
-from mtbert.spec import structure_spec, unstructure  # noqa: E402
+from mtbert.runs.rundir import RunDir  # noqa: E402
+from mtbert.config.spec import structure_spec, unstructure  # noqa: E402
 
 from helpers import toy_data, toy_spec
 
 
-GOLDEN = Path(__file__).parent / "data" / "golden" / "weights.json"
+GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "weights.json"
 
 CASES = {
     "plain_accumulate": {"train": {"epochs": 2, "accumulate": 2}},
@@ -59,8 +59,8 @@ def run_case(registry, name, root: Path, train) -> dict:
 
 
 def main() -> None:
-    from mtbert.plugins import default_registry
-    from mtbert.train import train
+    from mtbert.plugin.loading import default_registry
+    from mtbert.training.loop import train
 
     registry = default_registry()
     torch.manual_seed(0)

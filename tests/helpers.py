@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtbert.spec import structure_spec
+from mtbert.config.spec import structure_spec
 # the plugin kit's toy run, its interruption and its step rounds: one definition, shared with outside authors
 from mtbert.testing.readback import step_round  # noqa: F401
 from mtbert.testing.runs import TINY_ENCODER, FILLER, Interrupted, interrupt_at, toy_data, toy_spec  # noqa: F401
@@ -97,8 +97,8 @@ STEP_CASES = {  # the training steps that must not wait for the device (here and
 
 def gradient_method(registry, name, **options):
     """A gradient method built from spec options, as the loop builds it."""
-    from mtbert.build import make
-    from mtbert.spec import structure_component
+    from mtbert.model.build import make
+    from mtbert.config.spec import structure_component
     return make(registry, structure_component("gradient_methods", {"name": name, **options}, registry))
 
 
@@ -108,7 +108,7 @@ def aggregate(method, grads, losses=None):
     is one optimizer step: the first sets the method up, later ones keep its state."""
     import torch
     from torch import nn
-    from mtbert.interfaces import LoopContext
+    from mtbert.plugin.interfaces import LoopContext
     tasks = [f"t{i}" for i in range(len(grads))]
     if not hasattr(method, "test_parameter"):
         method.test_parameter = nn.Parameter(torch.zeros(grads.shape[1], dtype=grads.dtype))

@@ -17,7 +17,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from ..toolkit.pertask import ROW_EPS, rank_tolerance
+from mtbert.toolkit.pertask import ROW_EPS, rank_tolerance
 
 
 def gram(rows: Tensor) -> Tensor:

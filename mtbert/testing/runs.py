@@ -61,7 +61,7 @@ def toy_data(directory, n: int = 192, seed: int = 0) -> Path:
 
 def toy_spec(registry, directory, **train):
     """The two toy tasks on the tiny encoder; ``train`` updates the [train] table."""
-    from ..spec import structure_spec
+    from mtbert.config.spec import structure_spec
 
     data = {
         "name": "toy", "seed": 3,
@@ -104,9 +104,9 @@ def metrics(run: Path) -> list[dict]:
 
 def assert_resumes_bitwise(registry, spec, directory, at_step: int) -> None:
     """The run interrupted before ``at_step`` and resumed ends byte for byte as the whole run."""
-    from ..rundir import RunDir
-    from ..state import peek
-    from ..train import Trainer
+    from mtbert.runs.rundir import RunDir
+    from mtbert.runs.state import peek
+    from mtbert.training.loop import Trainer
 
     directory = Path(directory)
     whole, stopped = directory / "whole", directory / "stopped"
@@ -144,7 +144,7 @@ def assert_two_processes_equal_one(registry, data: dict, directory, rtol: float 
     import tomli_w
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ..spec import structure_spec
+    from mtbert.config.spec import structure_spec
 
     directory = Path(directory)
     structure_spec(data, registry)  # valid

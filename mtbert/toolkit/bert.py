@@ -5,7 +5,7 @@ LayerNorm, then post-LN transformer layers (multi-head self-attention through
 ``scaled_dot_product_attention``, GELU feed-forward), and a tanh pooler over
 [CLS]. ``from_pretrained`` copies Hugging Face BERT weights (safetensors, with
 or without the ``bert.`` prefix) into these modules; the parity test in
-tests/test_encoder_parity.py checks the hidden states against
+tests/plugins/test_encoder_parity.py checks the hidden states against
 ``transformers.BertModel`` to 1e-5.
 """
 
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
-from ..interfaces import Encoded, Encoder
+from mtbert.base.errors import CheckpointError
+from mtbert.plugin.interfaces import Encoded, Encoder
 
 
 @attrs.frozen

@@ -35,7 +35,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from ..interfaces import GradientMethod, LoopContext
+from mtbert.plugin.interfaces import GradientMethod, LoopContext
 
 CHUNK = 1024  # block alignment in the flat vector (at most CHUNK - 1 zeros of padding per block)
 EPS = 1e-30  # kept for plugins that import it; the built-in methods divide only by what they check is non-zero

@@ -12,8 +12,8 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import CheckpointError
-from ..paths import expand, is_dir
+from mtbert.base.errors import CheckpointError
+from mtbert.base.paths import expand, is_dir
 
 EMBEDDED = {"minilm-l6", "all-minilm-l6-v2"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .smalllinalg import solve_spd, symmetric_eigen
+from mtbert.toolkit.smalllinalg import solve_spd, symmetric_eigen
 
 CENTERING = 0.1  # each step aims at a tenth of the current mean complementarity
 TO_BOUNDARY = 0.99  # a step goes at most this fraction of the way to a bound
@@ -92,7 +92,7 @@ def worst_case_weights(gram: Tensor, radius: Tensor, iterations: int = 30) -> Te
     dependent gradients carry no rounding noise. Primal-dual on y = (gamma, tau): the Newton matrix
     zeta I + sum_t (w_t / s_t) a_t a_t^T + (zeta / s_b) gamma gamma^T (a_t = (r M_t, -1), s the
     slacks, zeta and s_b the ball's multiplier and slack) is positive definite."""
-    from .pertask import rank_tolerance
+    from mtbert.toolkit.pertask import rank_tolerance
     blocks, count, _ = gram.shape
     lam, vectors = symmetric_eigen(gram)
     kept = lam > lam[:, -1:] * rank_tolerance(count)

@@ -78,7 +78,7 @@ def symmetric_eigen(matrix: Tensor, sweeps: int = 8) -> tuple[Tensor, Tensor]:
     converges quadratically once the off-diagonal part is small (Golub & Van Loan, Matrix
     Computations, 8.5); a fixed ``sweeps`` instead of a tolerance, so nothing is read back.
     Float64 Gram matrices of up to 16 tasks reach rounding level (1e-14 of their norm) after 5
-    sweeps in our measurements; the default 8 leaves a margin (tests/test_smalllinalg.py holds
+    sweeps in our measurements; the default 8 leaves a margin (tests/plugins/test_smalllinalg.py holds
     it to torch.linalg.eigh). An odd T is padded with a zero row and column, which no rotation
     touches (its off-diagonal is zero). Each round is a few batched operations, so a sweep costs
     about 20 (T - 1) small kernels whatever the number of blocks B.

@@ -23,10 +23,10 @@ import attrs
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mtbert.errors import PluginError
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Encoded
-from mtbert.structure import at_least, probability
+from mtbert.base.errors import PluginError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Encoded
+from mtbert.plugin.structure import at_least, probability
 
 
 @attrs.frozen

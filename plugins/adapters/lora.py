@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.errors import PluginError
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, greater_than, non_empty, probability
+from mtbert.base.errors import PluginError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, greater_than, non_empty, probability
 
 
 @attrs.frozen

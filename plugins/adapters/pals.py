@@ -55,9 +55,9 @@ import attrs
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.errors import PluginError
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, non_empty, probability
+from mtbert.base.errors import PluginError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, non_empty, probability
 
 PAPER_SIZE, PAPER_HIDDEN = 204, 768  # d_s and d_m of the paper's BERT-base PALs
 

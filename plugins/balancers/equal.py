@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Balancer
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Balancer
 
 
 class Equal(Balancer):

@@ -43,9 +43,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Balancer, LoopContext, TaskInfo
-from mtbert.structure import at_least, greater_than
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Balancer, LoopContext, TaskInfo
+from mtbert.plugin.structure import at_least, greater_than
 
 EPS = 1e-8  # the official code's, in D_t = L_t - L_t_min + eps
 

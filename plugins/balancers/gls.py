@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Balancer
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Balancer
 
 
 class Gls(Balancer):

@@ -20,9 +20,9 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Balancer, LoopContext, TaskInfo
-from mtbert.structure import greater_than
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Balancer, LoopContext, TaskInfo
+from mtbert.plugin.structure import greater_than
 
 
 @attrs.frozen

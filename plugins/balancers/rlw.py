@@ -24,9 +24,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Balancer, LoopContext, TaskInfo
-from mtbert.structure import at_least
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Balancer, LoopContext, TaskInfo
+from mtbert.plugin.structure import at_least
 
 
 @attrs.frozen

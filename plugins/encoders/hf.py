@@ -21,9 +21,9 @@ import attrs
 from torch import Tensor, nn
 
 from mtbert.toolkit import pretrained as checkpoints
-from mtbert.errors import CheckpointError
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Encoded, Encoder
+from mtbert.base.errors import CheckpointError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Encoded, Encoder
 
 
 @attrs.frozen

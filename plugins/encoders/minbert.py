@@ -16,9 +16,9 @@ import attrs
 
 from mtbert.toolkit import pretrained
 from mtbert.toolkit.bert import BertConfig, MinBert, load_hf_weights
-from mtbert.errors import CheckpointError
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, probability
+from mtbert.base.errors import CheckpointError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, probability
 
 log = logging.getLogger(__name__)
 SIZE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")

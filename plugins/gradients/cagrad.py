@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients, normalized, rank_tolerance
 from mtbert.toolkit.simplex import worst_case_weights
 

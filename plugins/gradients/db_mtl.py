@@ -34,8 +34,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, in_range
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, in_range
 from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
 
 

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, in_range
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, in_range
 
 
 @attrs.frozen

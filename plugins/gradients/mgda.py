@@ -41,8 +41,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients, normalized
 from mtbert.toolkit.simplex import min_norm_weights
 

@@ -46,8 +46,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import GradientMethod
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import GradientMethod
 
 
 @attrs.frozen

@@ -62,8 +62,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients, normalized, rank_tolerance
 from mtbert.toolkit.smalllinalg import solve_spd
 

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from mtbert.toolkit.pertask import PerTaskGradients, safe_divide
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least
 
 
 @attrs.frozen

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import GradientMethod
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import GradientMethod
 
 
 class Sum(GradientMethod):

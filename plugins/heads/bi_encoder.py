@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Encoded, Head, LabelSpec, SentenceEmbedding
-from mtbert.pooling import pool
-from mtbert.structure import at_least, probability
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Encoded, Head, LabelSpec, SentenceEmbedding
+from mtbert.model.pooling import pool
+from mtbert.plugin.structure import at_least, probability
 
 from mtbert_plugins.heads.cross_encoder import Pooling, mlp_field, projection
 

@@ -22,10 +22,10 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Head, LabelSpec, SentenceEmbedding, SequenceClassifier
-from mtbert.pooling import pool
-from mtbert.structure import at_least, probability
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Head, LabelSpec, SentenceEmbedding, SequenceClassifier
+from mtbert.model.pooling import pool
+from mtbert.plugin.structure import at_least, probability
 
 Pooling = Literal["cls", "pooler", "mean"]
 
@@ -83,7 +83,7 @@ class LinearHead(Head):
     def forward(self, encoded) -> Tensor:
         return self.linear(self.dropout(pool(encoded, self.pooling)))
 
-    # the export forms (mtbert/export.py)
+    # the export forms (mtbert/commands/export.py)
     problem_type = "single_label_classification"
 
     def label_names(self) -> list[str]:

@@ -19,9 +19,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Loss
-from mtbert.structure import greater_than
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Loss
+from mtbert.plugin.structure import greater_than
 
 
 @attrs.frozen

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.errors import PluginError
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import LabelSpec, Loss
+from mtbert.base.errors import PluginError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import LabelSpec, Loss
 
 
 class CosineMSE(Loss):

@@ -7,9 +7,9 @@ import attrs
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Loss
-from mtbert.structure import probability
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Loss
+from mtbert.plugin.structure import probability
 
 
 @attrs.frozen

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Loss
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Loss
 
 
 class MeanSquaredError(Loss):

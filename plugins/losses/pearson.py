@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Loss
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Loss
 
 EPS = 1e-8
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import LabelSpec, Metric
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import LabelSpec, Metric
 
 
 class Accuracy(Metric):

@@ -14,9 +14,9 @@ from typing import Literal
 import attrs
 import torch
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import ParamGroup
-from mtbert.structure import at_least, greater_than
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import ParamGroup
+from mtbert.plugin.structure import at_least, greater_than
 
 
 @attrs.frozen

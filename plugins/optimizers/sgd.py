@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import ParamGroup
-from mtbert.structure import at_least, in_range
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import ParamGroup
+from mtbert.plugin.structure import at_least, in_range
 
 
 @attrs.frozen

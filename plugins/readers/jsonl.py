@@ -8,9 +8,9 @@ from typing import Iterator
 
 import attrs
 
-from mtbert.errors import DataError
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Reader
+from mtbert.base.errors import DataError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Reader
 
 
 @attrs.frozen

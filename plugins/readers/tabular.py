@@ -15,9 +15,9 @@ from typing import Iterator
 
 import attrs
 
-from mtbert.errors import DataError
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Reader
+from mtbert.base.errors import DataError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Reader
 
 # Quora questions can be long; the csv module's default cap is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

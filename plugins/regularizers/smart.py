@@ -82,10 +82,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.errors import PluginError
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Regularizer
-from mtbert.structure import at_least, in_range, non_empty
+from mtbert.base.errors import PluginError
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Regularizer
+from mtbert.plugin.structure import at_least, in_range, non_empty
 
 
 @attrs.frozen

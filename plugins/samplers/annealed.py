@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, in_range
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, in_range
 from mtbert_plugins.samplers.proportional import Proportional
 
 

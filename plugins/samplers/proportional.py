@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import attrs
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Sampler
-from mtbert.structure import at_least, greater_than
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Sampler
+from mtbert.plugin.structure import at_least, greater_than
 
 
 @attrs.frozen

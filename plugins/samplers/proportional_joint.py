@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from mtbert.hookspecs import hookimpl
-from mtbert.interfaces import Sampler
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.interfaces import Sampler
 
 
 class ProportionalJoint(Sampler):

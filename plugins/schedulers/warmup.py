@@ -16,8 +16,8 @@ import math
 import attrs
 from torch.optim.lr_scheduler import LambdaLR
 
-from mtbert.hookspecs import hookimpl
-from mtbert.structure import at_least, in_range
+from mtbert.plugin.hookspecs import hookimpl
+from mtbert.plugin.structure import at_least, in_range
 
 
 @attrs.frozen

@@ -1,0 +1,180 @@
+"""Checks across components, from the capabilities each one declares.
+
+A component declares what it needs and offers once, as attributes of its
+factory (a class attribute, or an attribute set on a factory function); this
+module is the only reader, so a new capability is one attribute and one
+check here, and the core never names a method:
+
+========================  ===========  ===============================================
+attribute                 kind         meaning
+========================  ===========  ===============================================
+``one_task_per_step``     samplers     each step holds one task's batch (default True)
+``needs_all_tasks``       gradients    the method combines every task's gradient in a step
+``layer_slots``           encoders     the encoder offers per-layer slots for branches
+``input_embeddings``      encoders     ``embed`` gives the input embeddings
+``hf_export``             encoders     ``save_hf(directory)`` writes a Hugging Face model
+``needs_layer_slots``     adapters     the adapter installs a branch in every layer
+``mergeable``             adapters     the adapter folds into the encoder's weights
+``needs_embeddings``      regularizers the regularizer perturbs the input embeddings
+``provides``/``requires`` any          names offered to / needed from other components
+========================  ===========  ===============================================
+
+``provides``/``requires`` are for components that need one another (a
+gradient method that needs a balancer's learnable weights, an adapter that
+needs another plugin's): a phase whose components require a name that none
+of the run's components provide is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from mtbert.base.paths import expand
+from mtbert.config.phases import resolve_phases
+from mtbert.plugin.structure import closest
+
+if TYPE_CHECKING:  # types only: the spec module imports this one
+    from mtbert.plugin.registry import Registry
+    from mtbert.config.spec import ComponentSpec, Spec, TaskSpec
+
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")  # task names name output files
+
+
+def declared(registry: Registry, component: ComponentSpec, capability: str, default=False):
+    """What ``component``'s factory declares for ``capability``."""
+    return getattr(registry.get(component.kind, component.name).factory, capability, default)
+
+
+def offering(registry: Registry, capability: str, kind: str = "encoders") -> str:
+    """The installed components of ``kind`` whose factory declares ``capability``, for a hint."""
+    names = [n for n in registry.names(kind) if getattr(registry.get(kind, n).factory, capability, False)]
+    return ", ".join(f'"{n}"' for n in names) if names else f"none is installed ({kind} that declare {capability})"
+
+
+def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
+    """Checks across the whole spec: phases, the step contract, adapters, what components need."""
+    problems = []
+    for i, phase in enumerate(spec.phases):
+        for task in phase.tasks or ():
+            if task not in spec.tasks:
+                problems.append((f"phases[{i}].tasks", f"unknown task {task!r}; tasks: {', '.join(spec.tasks)}"))
+    if spec.init_from is not None:
+        from mtbert.base.paths import find_checkpoint
+
+        if find_checkpoint(expand(spec.init_from)) is None:
+            problems.append(("init_from", f"{spec.init_from} holds no checkpoint (give a run directory "
+                             "or its checkpoint/ directory)"))
+    if spec.phases:
+        for key in ("epochs", "steps"):
+            if getattr(spec.train, key) is not None:
+                problems.append((f"train.{key}", "unused when [[phases]] give each phase its length; remove it"))
+    if problems:
+        return problems
+    for phase in resolve_phases(spec):
+        where = phase.where
+        if declared(registry, phase.gradient, "needs_all_tasks") and \
+                declared(registry, phase.sampler, "one_task_per_step", True):
+            joint = " or ".join(f'sampler = "{n}"' for n in registry.names("samplers")
+                                if not getattr(registry.get("samplers", n).factory, "one_task_per_step", True))
+            problems.append((where("gradient"), f"\"{phase.gradient.name}\" combines every task's gradient "
+                             f"in the same step, but sampler \"{phase.sampler.name}\" draws one task per step, "
+                             "so it would never see two tasks at once; use a sampler that puts several tasks "
+                             f"in a step: {joint}"))
+        untrained = [t for t in phase.tasks if not spec.tasks[t].data.train]
+        if untrained:
+            problems.append((where("tasks"), f"task(s) {', '.join(untrained)} have no train file"))
+        if phase.trainable == "adapters" and not spec.adapters:
+            problems.append((where("trainable"), "\"adapters\" trains the adapters and heads, "
+                             "but the spec has no adapters"))
+        problems += _requirements(spec, registry, phase)
+    # A component option named `tasks` names tasks of this spec (e.g. SMART's, PALs').
+    for where, items in (("regularizers", spec.regularizers), ("adapters", spec.adapters)):
+        for i, item in enumerate(items):
+            for task in getattr(item.options, "tasks", None) or ():
+                if task not in spec.tasks:
+                    problems.append((f"{where}[{i}].tasks", f"unknown task {task!r}{closest(task, spec.tasks)}; "
+                                     f"tasks: {', '.join(spec.tasks)}"))
+    for i, adapter in enumerate(spec.adapters):
+        if declared(registry, adapter, "needs_layer_slots") and not declared(registry, spec.encoder, "layer_slots"):
+            problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
+                             f"which encoder \"{spec.encoder.name}\" does not offer; use an encoder that does: "
+                             f"{offering(registry, 'layer_slots')}"))
+    for i, regularizer in enumerate(spec.regularizers):
+        if declared(registry, regularizer, "needs_embeddings") and \
+                not declared(registry, spec.encoder, "input_embeddings"):
+            problems.append((f"regularizers[{i}]", f"\"{regularizer.name}\" perturbs the input embeddings, which "
+                             f"encoder \"{spec.encoder.name}\" does not give (no input_embeddings); "
+                             f"use an encoder that does: {offering(registry, 'input_embeddings')}"))
+    return problems
+
+
+def _requirements(spec: Spec, registry: Registry, phase) -> list[tuple[str, str]]:
+    """Each `requires` name of a phase's components must be some component's `provides`."""
+    parts = [(phase.where("gradient"), phase.gradient), (phase.where("sampler"), phase.sampler),
+             (phase.where("balancer"), phase.balancer), ("encoder", spec.encoder),
+             *((f"regularizers[{i}]", r) for i, r in enumerate(spec.regularizers)),
+             *((f"adapters[{i}]", a) for i, a in enumerate(spec.adapters))]
+    offered = {name: component for _, component in parts for name in declared(registry, component, "provides", ())}
+    problems = []
+    for where, component in parts:
+        for need in sorted(declared(registry, component, "requires", ())):
+            if need not in offered:
+                providers = [c.name for c in registry.all() if need in getattr(c.factory, "provides", ())]
+                hint = (f"add one that provides it: {', '.join(providers)}" if providers
+                        else "no installed plugin provides it")
+                problems.append((where, f"\"{component.name}\" needs \"{need}\", which no component of this "
+                                 f"{'phase' if where.startswith('phases') else 'run'} provides; {hint}"))
+    return problems
+
+
+def export_problem(spec: Spec, registry: Registry) -> str | None:
+    """Why the run's encoder cannot be written as a plain Hugging Face model, or None."""
+    for adapter in spec.adapters:
+        if not declared(registry, adapter, "mergeable"):
+            merging = [c.name for c in registry.all() if c.kind == "adapters" and getattr(c.factory, "mergeable", False)]
+            instead = (f", or train with an adapter that merges ({', '.join(merging)})" if merging else "")
+            return (f"the run uses adapter \"{adapter.name}\", which changes the network in a way a plain Hugging "
+                    "Face model cannot express (its plugin does not declare mergeable: it cannot be folded into "
+                    "the encoder's own weights).\n  instead: predict with the run itself (`mtbert predict RUN_DIR "
+                    f"...` or `mtbert.load(RUN_DIR).predict(...)`){instead}")
+    if not declared(registry, spec.encoder, "hf_export"):
+        return (f"encoder \"{spec.encoder.name}\" cannot write itself as a Hugging Face model (its plugin declares "
+                "no hf_export); export can write only encoders that can")
+    return None
+
+
+def check_task(name: str, task: TaskSpec, registry: Registry):
+    path = f"tasks.{name}"
+    if not TASK_NAME.match(name):
+        yield path, "task names are lower-case letters, digits, '_' or '-' (they name output files)"
+    entry = registry.get("heads", task.head.name)
+    head = entry.factory
+    if not callable(getattr(head, "labels", None)):
+        yield (f"{path}.head", f"head \"{task.head.name}\" from plugin '{entry.plugin}' (package {entry.package}) "
+               "has no labels() classmethod, so its labels cannot be checked; see docs/plugins.md")
+        return
+    kind = head.labels(task.head.options).kind
+    loss = registry.get("losses", task.loss.name).factory
+    if not hasattr(loss, "accepts"):
+        yield (f"{path}.loss", f"loss \"{task.loss.name}\" declares no `accepts` (the head output kinds "
+               "it trains); see docs/plugins.md")
+    elif kind not in loss.accepts:
+        yield (f"{path}.loss", f"\"{task.loss.name}\" trains {', '.join(sorted(loss.accepts))} outputs, "
+               f"but head \"{task.head.name}\" gives {kind} outputs")
+    for i, metric in enumerate(task.metrics):
+        accepts = getattr(registry.get("metrics", metric.name).factory, "accepts", None) or ()
+        if kind not in accepts:
+            yield (f"{path}.metrics[{i}]", f"\"{metric.name}\" scores {', '.join(sorted(accepts))} "
+                   f"predictions, but head \"{task.head.name}\" gives {kind} ones")
+    if getattr(head, "pair_encoding", "cross") == "bi" and task.data.text_pair is None:
+        yield f"{path}.head", f"\"{task.head.name}\" encodes sentence pairs, but the task has no data.text_pair"
+    if task.data.label_names is not None:
+        classes = {"binary": 2, "multiclass": head.labels(task.head.options).num_labels}.get(kind)
+        if classes is None:
+            yield f"{path}.data.label_names", "label names are for classification tasks"  # real-valued labels
+        elif len(task.data.label_names) != classes:
+            yield (f"{path}.data.label_names", f"{len(task.data.label_names)} names for a head with "
+                   f"{classes} classes; give one name per class, in class order")
+    if not task.data.train and not task.data.dev:
+        yield f"{path}.data", "give at least a train or a dev file"

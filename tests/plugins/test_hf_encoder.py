@@ -1,0 +1,66 @@
+"""The hf encoder: any transformers AutoModel, here a tiny random RoBERTa built from a config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtbert.model.build import make
+from mtbert.base.errors import SpecError
+from mtbert.commands.inference import Predictor
+from mtbert.runs.rundir import RunDir
+from mtbert.config.spec import structure_component, structure_spec, unstructure
+from mtbert.training.loop import Trainer
+
+from helpers import toy_data, toy_spec, TINY_ROBERTA
+
+
+
+def roberta_spec(registry, tmp_path, **changes):
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data"), steps=4, eval_every=4))
+    data["encoder"] = TINY_ROBERTA
+    data.update(changes)
+    if "phases" in changes:  # phases carry their own lengths
+        data["train"].pop("steps")
+    return structure_spec(data, registry)
+
+
+def test_builds_a_roberta_and_encodes(registry):
+    encoder = make(registry, structure_component("encoders", TINY_ROBERTA, registry)).eval()
+    assert type(encoder.model).__name__ == "RobertaModel" and encoder.hidden_size == 32
+    batch = encoder.tokenizer(["a pair", "b"], ["of texts", "c d e"], padding=True, return_tensors="pt")
+    out = encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert out.states.shape == (2, batch["input_ids"].shape[1], 32) and out.pooled.shape == (2, 32)
+    # inputs_embeds (what SMART perturbs) reproduce the plain forward pass
+    again = encoder(batch["input_ids"], batch["attention_mask"], inputs_embeds=encoder.embed(batch["input_ids"]))
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(out.states[mask], again.states[mask], atol=1e-6)
+    assert len(encoder.layers) == 2
+
+
+def test_options_are_checked(registry):
+    with pytest.raises(SpecError, match="not both"):
+        structure_component("encoders", {"name": "hf"}, registry)
+    with pytest.raises(SpecError, match="needs a tokenizer"):
+        structure_component("encoders", {"name": "hf", "config": {"model_type": "roberta"}}, registry)
+
+
+def test_trains_heads_and_reloads_for_prediction(registry, tmp_path):
+    spec = roberta_spec(registry, tmp_path)
+    trainer = Trainer(spec, registry, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.model."))
+    predictor = Predictor.load(tmp_path / "run", registry=registry)
+    out = tmp_path / "pred.csv"
+    predictor.predict_file("sent", tmp_path / "data" / "sent.tsv", out)
+    assert out.read_text() == (tmp_path / "run" / "predictions" / "sent-dev-output.csv").read_text()
+
+
+def test_last_layers_finds_the_roberta_layers(registry, tmp_path):
+    spec = roberta_spec(registry, tmp_path, phases=[{"trainable": "last_layers", "steps": 2}])
+    trainer = Trainer(spec, registry, progress=False)
+    trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
+    frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad]
+    assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
