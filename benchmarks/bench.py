@@ -189,7 +189,7 @@ def mtbert_eval(args, task: str) -> dict:
     import attrs
 
     from mtbert.model.build import build_model, build_tasks
-    from mtbert.training.evaluate import predict
+    from mtbert.training.prediction import predict
     from mtbert.plugin.loading import default_registry
 
     registry = default_registry()

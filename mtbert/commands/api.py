@@ -78,7 +78,7 @@ class Model:
         classification heads, scores (float) for regression and similarity heads."""
         from mtbert.model.build import label_spec, pair_encoding
         from mtbert.data.splits import texts_split
-        from mtbert.training.evaluate import predict
+        from mtbert.training.prediction import predict
 
         spec = self._task(task)
         texts, pairs = self._check_inputs(task, inputs)
@@ -103,7 +103,7 @@ class Model:
         import torch
 
         from mtbert.data.splits import texts_split
-        from mtbert.training.evaluate import embed
+        from mtbert.training.prediction import embed
         from mtbert.plugin.interfaces import SentenceEmbedding
 
         if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):

@@ -11,7 +11,7 @@ import torch
 from mtbert.model.build import label_spec, make, pair_encoding
 from mtbert.data.splits import load_split
 from mtbert.base.errors import MtbertError
-from mtbert.training.evaluate import predict, write_predictions
+from mtbert.training.prediction import predict, write_predictions
 from mtbert.runs.finished import open_run
 from mtbert.plugin.registry import Registry
 from mtbert.config.spec import Spec

@@ -6,7 +6,7 @@ import time
 
 import attrs
 
-from mtbert.training.evaluate import overall, predict, score
+from mtbert.training.prediction import overall, predict, score
 
 
 @attrs.frozen

@@ -51,7 +51,7 @@ from mtbert.runs.checkpoint import find_checkpoint, load_weights
 from mtbert.training.counters import Counters
 from mtbert.data.splits import TaskStream
 from mtbert.base.errors import CheckpointError, MtbertError, Stopped, TrainingError
-from mtbert.training.evaluate import to_device
+from mtbert.training.prediction import to_device
 from mtbert.training.evaluator import Evaluator
 from mtbert.plugin.interfaces import LoopContext, TaskInfo
 from mtbert.training.meter import Health, Meter

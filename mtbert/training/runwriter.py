@@ -15,7 +15,7 @@ import logging
 
 from mtbert.runs.checkpoint import load_weights, save_checkpoint
 from mtbert.base.errors import WriteError
-from mtbert.training.evaluate import write_predictions
+from mtbert.training.prediction import write_predictions
 from mtbert.runs.rundir import RunDir
 from mtbert.runs.state import save_state
 

@@ -70,7 +70,7 @@ def head_outputs(run, task, inputs):
     """mtbert's own head outputs for a list of texts or pairs (the numbers every export must give)."""
     from mtbert.data.splits import texts_split
     from mtbert.model.build import pair_encoding
-    from mtbert.training.evaluate import eval_batches
+    from mtbert.training.prediction import eval_batches
 
     opened = open_run(run)
     model, spec = opened.model, opened.spec

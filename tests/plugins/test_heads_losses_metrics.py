@@ -13,7 +13,7 @@ import torch
 
 from mtbert.model.build import TaskParts, label_spec, make
 from mtbert.base.errors import SpecError
-from mtbert.training.evaluate import overall, score
+from mtbert.training.prediction import overall, score
 from mtbert.plugin.interfaces import Encoded, LabelSpec
 from mtbert.model.pooling import pool
 from mtbert.config.spec import structure_component

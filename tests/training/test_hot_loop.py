@@ -90,7 +90,7 @@ def test_host_checked_solvers_are_read_backs_and_the_toolkits_are_not():
 def test_prediction_reads_back_once_not_per_batch(registry, tmp_path, monkeypatch):
     """Evaluation keeps each batch's predictions on the device and reads them back at the
     end: two copies (predictions, their order) however many batches there are."""
-    import mtbert.training.evaluate as evaluate
+    import mtbert.training.prediction as evaluate
 
     trainer = Trainer(toy_spec(registry, toy_data(tmp_path / "data")), registry, progress=False)
     recorder = ReadBackRecorder()

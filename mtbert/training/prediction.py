@@ -1,4 +1,6 @@
-"""Evaluation: predictions, metrics, the overall score, and prediction files."""
+"""Predicting a split (batches sorted by length, one read-back at the end), scoring it against
+its labels, the overall score, and the course-format prediction files. (The Evaluator, which
+decides when a run evaluates and keeps the best, is evaluator.py.)"""
 
 from __future__ import annotations
 
