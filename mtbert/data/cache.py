@@ -6,18 +6,25 @@ columns, the maximum length, the pair encoding, the labels). It holds one raw
 file per array and ``meta.json`` with each array's dtype, length and SHA-256.
 Entries are built in a private temporary directory and renamed into place,
 so a reader sees a whole entry or none; on every use the sizes and checksums
-are checked, and an entry that does not match is removed and rebuilt, never
-trusted. Arrays are mapped copy-on-write: the pages are shared by every
+are checked, and an entry that does not match (or is no entry at all: a
+directory without ``meta.json``, a file) is removed and rebuilt, never
+trusted. Builders of one entry take turns on a lock file (``.locks/<key>``,
+an OS lock that a dead process does not hold): the first builds, the others
+then map its entry. A temporary left by a killed builder is swept by the next
+build once its process is gone. Arrays are mapped copy-on-write: the pages are shared by every
 process that maps them (the ranks of a torchrun job hold one copy) and
 nothing is ever written back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -76,9 +83,13 @@ class Cache:
         self.root = Path(root)
 
     def load(self, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
-        """The entry's arrays (mapped) and its meta, or None if there is no sound entry."""
+        """The entry's arrays (mapped) and its meta, or None if there is no sound entry (anything
+        else at the entry's path is removed)."""
         entry = self.root / key
         if not (entry / "meta.json").is_file():
+            if entry.exists() or entry.is_symlink():
+                log.warning("tokenized cache %s is no entry (no meta.json); rebuilding it", entry)
+                remove(entry)
             return None
         try:
             meta = json.loads((entry / "meta.json").read_text())
@@ -107,12 +118,57 @@ class Cache:
             return np.zeros(0, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="c", shape=(info["count"],))
 
+    def discard(self, key: str) -> None:
+        remove(self.root / key)
+
+    @contextlib.contextmanager
+    def turn(self, key: str):
+        """Hold the entry's build lock: builders of one entry take turns (an OS lock: a dead holder
+        holds nothing). Yields whether a lock was taken (False where the file system has none).
+        When what runs under it fails (a malformed file), the lock file and the directories made
+        for it are removed again: a failed run leaves no cache behind."""
+        made = [p for p in [self.root / ".locks", self.root, *self.root.parents] if not p.exists()]
+        path = self.root / ".locks" / key
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fp = open(path, "a+")
+        except OSError:
+            yield False
+            return
+        failed = True
+        try:
+            try:
+                fcntl.flock(fp, fcntl.LOCK_EX)
+            except OSError:
+                yield False
+            else:
+                yield True
+            failed = False
+        finally:
+            fp.close()  # releases the lock
+            if failed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                _remove_empty(made)
+
+    def sweep(self) -> None:
+        """Remove the temporaries of builders that died (SIGKILL) mid-build; a live builder's stay."""
+        try:
+            found = list(self.root.glob(".*.tmp-*-*"))
+        except OSError:
+            return
+        for path in found:
+            match = re.search(r"\.tmp-(\d+)-", path.name)
+            if match and not alive(int(match.group(1))):
+                remove(path)
+
     def build(self, key: str, fill) -> tuple[dict[str, np.ndarray], dict]:
         """Write an entry with ``fill(sink) -> meta`` and map it. A failure (a full disk, a signal,
         a malformed row) leaves no entry and no temporary files behind."""
         made = [p for p in [self.root, *self.root.parents] if not p.exists()]  # removed again on failure
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self.sweep()
             tmp = self.root / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
         except OSError as exc:
@@ -123,10 +179,13 @@ class Cache:
         try:
             meta = fill(sink)
             sink.close(meta)
+            target = self.root / key
+            if (target.exists() or target.is_symlink()) and not (target / "meta.json").is_file():
+                remove(target)  # not an entry (no meta.json: a sound entry always has one)
             try:
-                os.rename(tmp, self.root / key)
+                os.rename(tmp, target)
             except OSError:  # another process finished the same entry first: use theirs
-                if not (self.root / key / "meta.json").is_file():
+                if not (target / "meta.json").is_file():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError as exc:
@@ -146,6 +205,26 @@ class Cache:
             raise MtbertError(f"the tokenized cache entry {self.root / key} just written cannot be read back\n"
                               "  fix: check the disk, or set data.cache = false")
         return loaded
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but is another user's
+        return True
+    return True
+
+
+def remove(path: Path) -> None:
+    """A file, a link or a directory tree, whichever ``path`` is; no error if it is gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _remove_empty(directories: list[Path]) -> None:

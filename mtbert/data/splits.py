@@ -12,6 +12,7 @@ tokenizer and settings map them without reading the file again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import weakref
@@ -344,10 +345,82 @@ def texts_split(task: str, texts: list[str], pairs: list[str] | None, tokenizer,
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """What decides the token ids: the fast tokenizer's whole definition (or the vocabulary and settings)."""
+    """What decides the token ids: the fast tokenizer's definition (or the vocabulary and settings).
+
+    Without its "truncation" and "padding" settings: transformers writes the call's settings into
+    the backend tokenizer when it tokenizes (mtbert passes max_length to every call, and the cache
+    key holds it), so with them the same tokenizer had another fingerprint after the first text it
+    tokenized, and the same spec wrote a new cache entry on every run."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        text = json.dumps(definition, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(f"{type(tokenizer).__name__}\0{text}".encode()).hexdigest()
+
+
+def sound(arrays: dict, meta: dict) -> bool:
+    """Whether a cache entry holds what a split is made of (a damaged or foreign meta.json is not)."""
+    try:
+        parts = meta["parts"]
+        needed = [f"{a}{p}" for p in range(parts) for a in ("ids", "types", "offsets")]
+        needed += ["labels"] * bool(meta["labeled"]) + ["rowids", "rowid_offsets"] * bool(meta["explicit_ids"])
+        return (isinstance(meta["rows"], int) and isinstance(meta["skipped"], int) and parts in (1, 2)
+                and all(name in arrays for name in needed))
+    except (KeyError, TypeError):
+        return False
+
+
+CHANGED_RETRIES = 3  # reads of a file that keeps changing while it is read, before giving up
+
+
+def _through_cache(cache: Cache, path, reader, reader_id, tokenizer, max_length, pair_encoding, labeled,
+                   label_spec, columns, fill, what):
+    """A split's arrays from the cache, built when needed, keyed by the very bytes tokenized.
+
+    The key holds the file's fingerprint; a file rewritten while it is read (data regenerated as a
+    sweep starts) would put one version's tokens under another's key, and every later run on that
+    version would train on the wrong labels, silently. So the fingerprint is taken again after the
+    file was tokenized: if it changed, the entry is not kept and the file is read again."""
+    settings = {"reader": reader_id, "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length,
+                "pair_encoding": pair_encoding, "labeled": labeled, "labels": repr(label_spec),
+                "columns": [columns.text, columns.text_pair, columns.label, columns.id, columns.label_names,
+                            columns.limit]}
+    for _ in range(CHANGED_RETRIES):
+        before = reader.fingerprint(path)
+        key = key_of({"file": before, **settings})
+        with cache.turn(key):  # builders of one entry take turns: the first builds, the others map it
+            found = cache.load(key)
+            if found is not None and not sound(*found):
+                log.warning("tokenized cache %s holds no split; rebuilding it", cache.root / key)
+                cache.discard(key)
+                found = None
+            if found is not None:
+                log.debug("%s: mapped tokenized cache entry %s", what, cache.root / key)
+                return found[0], found[1], True
+
+            def checked_fill(sink):
+                meta = fill(sink)
+                if reader.fingerprint(path) != before:
+                    raise FileChanged
+                return meta
+
+            try:
+                arrays, meta = cache.build(key, checked_fill)
+            except FileChanged:
+                log.warning("%s: %s changed while it was read; reading it again", what, path)
+                continue
+        log.debug("%s: wrote tokenized cache entry %s", what, cache.root / key)
+        return arrays, meta, False
+    raise DataError(path, None, f"the file changed each of the {CHANGED_RETRIES} times it was read "
+                    "(is something still writing it?)", "run again once the file is complete")
+
+
+class FileChanged(Exception):
+    """The file's fingerprint after tokenizing it is not the one it had before."""
 
 
 def load_split(task: str, split: str, path: Path, reader, columns, label_spec: LabelSpec,
@@ -363,15 +436,8 @@ def load_split(task: str, split: str, path: Path, reader, columns, label_spec: L
         meta = fill(sink)
         arrays, cached = sink.arrays(), False
     else:
-        key = key_of({"file": reader.fingerprint(path), "reader": reader_id,
-                      "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length,
-                      "pair_encoding": pair_encoding, "labeled": labeled, "labels": repr(label_spec),
-                      "columns": [columns.text, columns.text_pair, columns.label, columns.id,
-                                  columns.label_names, columns.limit]})
-        found = cache.load(key)
-        cached = found is not None
-        arrays, meta = found if cached else cache.build(key, fill)
-        log.debug("%s: %s tokenized cache entry %s", what, "mapped" if cached else "wrote", cache.root / key)
+        arrays, meta, cached = _through_cache(cache, path, reader, reader_id, tokenizer, max_length, pair_encoding,
+                                              labeled, label_spec, columns, fill, what)
     if meta["skipped"]:
         log.info("%s: skipped %d row(s) with an empty label in %s", what, meta["skipped"], path)
     return _split_from(task, split, path, arrays, meta, cached)

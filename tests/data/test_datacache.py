@@ -4,6 +4,7 @@ never trusted when damaged, and never left half-written."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,8 @@ def same(a, b) -> bool:
 
 
 def entries(root: Path) -> list[Path]:
-    return sorted(root.iterdir()) if root.is_dir() else []
+    """What the cache holds besides its build locks (.locks/, kept: an OS lock file is not a temporary)."""
+    return sorted(p for p in root.iterdir() if p.name != ".locks") if root.is_dir() else []
 
 
 class Refusing:
@@ -201,3 +203,148 @@ def test_same_weights_from_the_cache_as_from_the_file(registry, tmp_path, monkey
     assert len(entries(tmp_path / "cache")) == 2  # one per file: train and dev read the same file
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+
+
+# -- issue 26: the key is the bytes tokenized; no stale, foreign or half-built entry is ever used --
+
+class RewritingMidway:
+    """The real reader, except that after ``after`` rows it rewrites the file it reads with
+    ``content`` (once): data regenerated while a run tokenizes it."""
+
+    def __init__(self, real, content: str, after: int = 10):
+        self.real, self.content, self.after, self.done = real, content, after, False
+
+    def rows(self, path):
+        for n, row in enumerate(self.real.rows(path)):
+            if n == self.after and not self.done:
+                self.done = True
+                Path(path).write_text(self.content)
+            yield row
+
+    def locate(self, path):
+        return self.real.locate(path)
+
+    def fingerprint(self, path):
+        return self.real.fingerprint(path)
+
+
+def labelled(path: Path, label: int, rows: int = 40) -> str:
+    text = "\n".join(["id\tsentence\tlabel"] + [f"r{i}\tfilm number {i}\t{label}" for i in range(rows)]) + "\n"
+    path.write_text(text)
+    return text
+
+
+def test_a_file_rewritten_while_it_is_tokenized_is_read_again_and_keyed_by_what_was_read(registry, tok, tmp_path):
+    """v1 (every label 0) is replaced by v2 (every label 4) after 10 rows were read: the entry must
+    not hold a mix, nor v2's tokens under v1's key (a later run on v1 trained on v2's labels)."""
+    path, cache = tmp_path / "a.tsv", Cache(tmp_path / "cache")
+    labelled(path, 0)
+    v2 = labelled(tmp_path / "v2.tsv", 4)
+    reader = RewritingMidway(make(registry, columns(registry).reader), v2)
+    split = load(path, registry, tok, cache, reading=reader)
+    assert reader.done and split.labels.tolist() == [4] * 40  # what the file holds now, read whole
+    labelled(path, 0)  # v1 again: its own entry, its own labels
+    again = load(path, registry, tok, cache)
+    assert not again.cached and again.labels.tolist() == [0] * 40
+    assert load(path, registry, tok, cache).labels.tolist() == [0] * 40
+
+
+def test_the_tokenizer_fingerprint_does_not_change_as_it_tokenizes(registry, tok, tmp_path):
+    """transformers writes the call's truncation settings into the backend tokenizer: the cache
+    key changed after the first non-ASCII text, and the same spec wrote a new entry every run."""
+    from mtbert.data.splits import tokenizer_fingerprint
+
+    before = tokenizer_fingerprint(tok)
+    tok(["Ça a été très bien, naïve café"], truncation=True, max_length=8)
+    assert tokenizer_fingerprint(tok) == before
+    path, cache = tmp_path / "a.tsv", Cache(tmp_path / "cache")
+    path.write_text("id\tsentence\tlabel\n" + "".join(f"r{i}\tcafé numéro {i}\t{i % 5}\n" for i in range(12)))
+    load(path, registry, tok, cache)
+    assert load(path, registry, tok, cache).cached and len(entries(cache.root)) == 1
+
+
+@pytest.mark.parametrize("junk", ["empty_directory", "a_file", "meta_without_labels"])
+def test_what_is_no_entry_at_an_entrys_path_is_replaced(registry, tok, tmp_path, junk):
+    """A directory without meta.json, a file, or a meta.json that does not describe a split at the
+    entry's path: rebuilt, where it blocked every later run with a 'free some space' hint or
+    ended in a KeyError."""
+    path, cache = sst_file(tmp_path / "a.tsv"), Cache(tmp_path / "cache")
+    first = load(path, registry, tok, cache)
+    entry = entries(cache.root)[0]
+    import json
+    import shutil
+    if junk == "meta_without_labels":
+        meta = json.loads((entry / "meta.json").read_text())
+        del meta["arrays"]["labels"]
+        (entry / "meta.json").write_text(json.dumps(meta))
+    else:
+        shutil.rmtree(entry)
+        entry.mkdir() if junk == "empty_directory" else entry.write_text("not an entry")
+    rebuilt = load(path, registry, tok, cache)
+    assert not rebuilt.cached and same(first, rebuilt)
+    assert load(path, registry, tok, cache).cached and len(entries(cache.root)) == 1
+
+
+def test_a_full_disk_while_an_entry_is_written_is_one_message_and_leaves_nothing(registry, tok, tmp_path,
+                                                                                   monkeypatch):
+    import errno
+
+    from mtbert.data import cache as cache_module
+
+    path, cache = sst_file(tmp_path / "a.tsv", rows=40), Cache(tmp_path / "cache")
+
+    def full(self, name, array):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.FileSink, "append", full)
+    with pytest.raises(MtbertError) as error:
+        load(path, registry, tok, cache)
+    assert "No space left on device" in str(error.value) and "fix:" in str(error.value)
+    assert not cache.root.exists() or entries(cache.root) == []
+
+
+def test_temporaries_of_dead_builders_are_swept_and_a_live_ones_kept(registry, tok, tmp_path):
+    import subprocess
+    import sys
+
+    cache = Cache(tmp_path / "cache")
+    cache.root.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = cache.root / f".abc.tmp-{dead}-0000aaaa"
+    live = cache.root / f".abd.tmp-{os.getpid()}-0000bbbb"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "ids0.bin").write_bytes(b"x")
+    load(sst_file(tmp_path / "a.tsv"), registry, tok, cache)
+    assert not stale.exists() and live.exists()
+
+
+def test_builders_of_one_entry_take_turns(registry, tok, tmp_path):
+    """Two threads load the same split at once: one tokenizes, the other maps its entry."""
+    import threading
+
+    path, cache = sst_file(tmp_path / "a.tsv", rows=200), Cache(tmp_path / "cache")
+    real = make(registry, columns(registry).reader)
+    reads = []
+
+    class Counting:
+        def rows(self, p):
+            reads.append(1)
+            yield from real.rows(p)
+
+        def locate(self, p):
+            return real.locate(p)
+
+        def fingerprint(self, p):
+            return real.fingerprint(p)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(load(path, registry, tok, cache, reading=Counting())))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and len(reads) == 1 and sorted(r.cached for r in results) == [False, True]
+    assert same(*results) and len(entries(cache.root)) == 1
