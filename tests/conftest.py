@@ -52,3 +52,51 @@ def tiny_encoder(registry):
     from mtbert.config.spec import structure_component
 
     return make(registry, structure_component("encoders", TINY_ENCODER, registry))
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """A folder on a file system with no space left, made with ``prepare(folder)`` beforehand.
+
+    A tiny tmpfs filled to the last byte where this process may mount one (root, as in CI);
+    otherwise every write Python opens under the folder fails with ENOSPC, injected at ``open``.
+    Yields a function: ``fill(prepare=None)`` -> the folder (``prepare`` writes what should be
+    there before the disk fills: the previous output a failed write must leave whole)."""
+    import builtins
+    import errno
+    import io
+    import os
+    import subprocess
+
+    mounted = []
+
+    def fill(prepare=None) -> Path:
+        folder = tmp_path / "full"
+        folder.mkdir()
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+                            capture_output=True).returncode == 0
+        if prepare is not None:
+            prepare(folder)
+        if ok:
+            mounted.append(folder)
+            try:
+                with open(folder / ".ballast", "wb", buffering=0) as fp:  # every block taken
+                    while True:
+                        fp.write(b"\0" * 4096)
+            except OSError:
+                pass
+            return folder
+        real_open = builtins.open
+
+        def open_full(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and str(os.path.abspath(file)).startswith(str(folder)):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", open_full)
+        monkeypatch.setattr(io, "open", open_full)
+        return folder
+
+    yield fill
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -1,15 +1,21 @@
-"""Directories written all at once: a crash leaves the previous version whole.
+"""Files and directories written all at once: a crash leaves the previous version whole.
 
-The new version is written into ``<dir>.tmp`` and swapped in with two renames
-(``<dir>`` -> ``<dir>.old``, ``<dir>.tmp`` -> ``<dir>``). A crash before the
-first leaves ``<dir>`` as it was; one between the two leaves only
+A directory's new version is written into ``<dir>.tmp`` and swapped in with
+two renames (``<dir>`` -> ``<dir>.old``, ``<dir>.tmp`` -> ``<dir>``). A crash
+before the first leaves ``<dir>`` as it was; one between the two leaves only
 ``<dir>.old``, which :func:`recover` -- called by every reader -- puts back.
+A file (:func:`write_file`) is written into a private temporary beside it and
+renamed over it: readers see the old file or the new one, never half of one.
+Either way a failure (a full disk, a signal) removes the temporary, and an OS
+error becomes a :class:`WriteError` naming what was being written and where.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -53,3 +59,32 @@ def write_directory(directory: Path, fill: Callable[[Path], None], what: str = "
         os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, what: str = "a file", training: bool = False, text: bool = True):
+    """A file object for ``path``'s new content, written to a private temporary beside it and renamed
+    over ``path`` when the block ends; any failure removes the temporary and leaves ``path`` as it was.
+    ``training``: written by a training run (the error's advice is --resume's)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as fp:
+            yield fp
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise WriteError(what, path, exc, training=training) from None
+        raise
+
+
+def write_file(path: Path, data: bytes | str, what: str = "a file", training: bool = False) -> None:
+    """Replace ``path`` by ``data`` all at once (see :func:`replacing`)."""
+    with replacing(path, what, training, text=isinstance(data, str)) as fp:
+        fp.write(data)

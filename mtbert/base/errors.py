@@ -8,6 +8,10 @@ is allowed to show its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An outside library's exception in one short line, for a message that names the fix."""
@@ -75,13 +79,27 @@ class WriteError(MtbertError):
 
     title = "cannot write"
 
-    def __init__(self, what: str, directory, cause: BaseException):
+    def __init__(self, what: str, directory, cause: BaseException, fix: str | None = None, training: bool = True):
         self.what, self.directory = what, directory
         reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]
+        number = getattr(cause, "errno", None)
+        found = re.search(r"\(os error (\d+)\)", str(cause))  # safetensors' Rust errors carry the OS's number
+        if number is None and found:
+            number = int(found.group(1))
+            reason = os.strerror(number)
+        if fix is None:
+            fix = {errno.ENOENT: f"{directory} or the folder it is in no longer exists (did another process "
+                                 "remove it?)",
+                   errno.EACCES: "give this user write access there, or write elsewhere",
+                   errno.EROFS: "the file system is read-only: write elsewhere",
+                   errno.ENOTDIR: "a part of that path is a file, not a folder: choose another place",
+                   errno.EEXIST: "a part of that path is a file, not a folder: choose another place",
+                   errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter one"}.get(
+                number, "free space on that disk (or point --out elsewhere), then continue with "
+                        "`mtbert run SPEC --resume RUN_DIR`" if training else "free space on that disk, or write elsewhere")
+        kept = ", and the best checkpoint saved so far is intact" if training else ""
         super().__init__(f"could not write {what} into {directory}: {reason}.\n"
-                         f"  Nothing was half-written: {directory} keeps what it held before, and the best "
-                         "checkpoint saved so far is intact.\n  fix: free space on that disk (or point --out elsewhere), then continue with "
-                         "`mtbert run SPEC --resume RUN_DIR`")
+                         f"  Nothing was half-written: {directory} keeps what it held before{kept}.\n  fix: {fix}")
 
 
 class Stopped(MtbertError):

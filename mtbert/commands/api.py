@@ -137,14 +137,6 @@ def _describe(item) -> str:
 
 def load(run_dir: str | Path, device: str = "cpu") -> Model:
     """Reload the trained run in ``run_dir`` (its best checkpoint) for prediction."""
-    import torch
-
     from mtbert.commands.inference import Predictor
 
-    try:
-        torch_device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise MtbertError(f"device {device!r} is not a torch device ({exc}); use \"cpu\" or \"cuda\"") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise MtbertError(f"device {device!r} asked for, but no CUDA device is available; use device=\"cpu\"")
-    return Model(Predictor.load(run_dir, str(torch_device)))
+    return Model(Predictor.load(run_dir, device))

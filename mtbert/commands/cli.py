@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def validate(spec, overrides):
 def run(spec, overrides, out, resume, progress, verbose):
     """Train the model SPEC describes; results go to runs/<name>/."""
     setup_logging(verbose)
-    from mtbert.runs.rundir import RunDir
+    from mtbert.runs.rundir import RunDir, free_dir
     from mtbert.config.spec import load_spec
     from mtbert.runs.state import peek
     from mtbert.training.loop import Trainer
@@ -118,17 +119,22 @@ def run(spec, overrides, out, resume, progress, verbose):
     parsed = load_spec(spec, registry(), overrides)
     if resume is not None and out is not None:
         raise MtbertError("give --resume RUN_DIR or --out DIR, not both")
+    if out is not None:  # a bad --out is refused before the data is read
+        free_dir(Path(parsed.out) / parsed.name, out)
     if resume is not None:
         run_dir = RunDir.existing(resume, parsed)
+        if os.environ.get("RANK", "0") == "0":  # one writer at a time: refused now, before the data is read
+            run_dir.lock()
         saved = peek(run_dir.state)
         if saved.get("finished"):  # nothing to train: say so before reading any data
             click.echo(f"{run_dir.path} already finished at step {saved['step']}; nothing to do "
                        f"(results in {run_dir.path})")
             return
     trainer = Trainer(parsed, registry(), progress=progress)  # reads and checks all data first
-    if resume is None:  # under torchrun the first rank makes the directory and tells the others
-        path = RunDir.create(parsed, out).path if trainer.dist.main else None
-        run_dir = RunDir(trainer.dist.broadcast_object(path))
+    if resume is None:  # under torchrun the first rank makes (and holds) the directory and tells the others
+        made = RunDir.create(parsed, out) if trainer.dist.main else None
+        path = trainer.dist.broadcast_object(made.path if made else None)
+        run_dir = made or RunDir(path)
     setup_logging(verbose, run_dir.path / "log.txt" if trainer.dist.main else None)
     log.info("run directory: %s%s", run_dir.path, " (resuming)" if resume else "")
     best = trainer.fit(run_dir, resume=resume is not None)
@@ -152,11 +158,18 @@ def run(spec, overrides, out, resume, progress, verbose):
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @user_errors
 def sweep(spec, grid, overrides, out, progress):
-    """Train every combination of --grid values; print a table of their best dev metrics."""
+    """Train every combination of --grid values; print a table of their best dev metrics.
+
+    A combination that fails is recorded in the table with its error and the others go on; the exit
+    status is then 1. SIGTERM stops the sweep after the run in progress saved its state (143).
+    """
     setup_logging()
     from mtbert.commands.sweep import run_sweep
 
-    run_sweep(spec, registry(), grid, overrides, out, progress, echo=click.echo)
+    root = run_sweep(spec, registry(), grid, overrides, out, progress, echo=click.echo)
+    summary = root / "summary.jsonl" if root is not None else None
+    if summary is not None and summary.is_file() and '"error": ' in summary.read_text(encoding="utf-8"):
+        sys.exit(1)  # some combination failed (the table says which): a script must notice
 
 
 @main.command()
@@ -164,8 +177,8 @@ def sweep(spec, grid, overrides, out, progress):
 @click.option("--task", required=True, help="Task name in the run's spec.")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @user_errors
 def predict(run_dir, task, input_path, output_path, batch_size, device):
     """Predict TASK on a file in the task's format with a trained run."""
@@ -194,7 +207,9 @@ def compare(run_dirs, fmt, all_metrics, output):
         click.echo(f"note: {note}", err=True)
     text = table([load_best(d) for d in runs], fmt, all_metrics)
     if output:
-        output.write_text(text + "\n", encoding="utf-8")
+        from mtbert.base.atomic import write_file
+
+        write_file(output, text + "\n", "the comparison table")
         click.echo(f"wrote {output}")
     else:
         click.echo(text)

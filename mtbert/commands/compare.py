@@ -78,8 +78,11 @@ def load_best(run_dir: Path) -> dict:
         raise MtbertError(f"{run_dir} has no best.json: not a finished mtbert run (or it scored no dev data)")
     try:
         best = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise MtbertError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(best, dict) or not isinstance(best.get("tasks", {}), dict):
+        raise MtbertError(f"{path} is damaged: it holds {type(best).__name__}, not a run's best evaluation; "
+                          f"remove {run_dir} from the comparison")
     return {"run": Path(run_dir).name, **best}
 
 
@@ -87,8 +90,8 @@ def columns(rows: list[dict], all_metrics: bool = True) -> list[tuple[str, str]]
     """(task, metric) pairs in first-seen order; only each task's main metric unless all_metrics."""
     seen: list[tuple[str, str]] = []
     for row in rows:
-        for task, metrics in row.get("tasks", {}).items():
-            for i, metric in enumerate(metrics):
+        for task, metrics in (row.get("tasks") or {}).items():
+            for i, metric in enumerate(metrics if isinstance(metrics, dict) else ()):
                 if (all_metrics or i == 0) and (task, metric) not in seen:
                     seen.append((task, metric))
     return seen
@@ -97,8 +100,7 @@ def columns(rows: list[dict], all_metrics: bool = True) -> list[tuple[str, str]]
 def table(rows: list[dict], fmt: str = "markdown", all_metrics: bool = False) -> str:
     cols = columns(rows, all_metrics)
     header = ["run"] + [f"{t} {m}" for t, m in cols] + ["overall"]
-    body = [[r["run"]] + [_cell(r.get("tasks", {}).get(t, {}).get(m)) for t, m in cols] + [_cell(r.get("overall"))]
-            for r in rows]
+    body = [[str(r["run"])] + [_cell(_metric(r, t, m)) for t, m in cols] + [_cell(r.get("overall"))] for r in rows]
     if fmt == "csv":
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows([header, *body])
@@ -110,5 +112,14 @@ def table(rows: list[dict], fmt: str = "markdown", all_metrics: bool = False) ->
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])
 
 
+def _metric(row: dict, task: str, metric: str):
+    metrics = (row.get("tasks") or {}).get(task)
+    return metrics.get(metric) if isinstance(metrics, dict) else None
+
+
 def _cell(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"  # a hand-edited or damaged file: shown as unknown, not a crash
+    return f"{value:.4f}"

@@ -40,9 +40,11 @@ import shutil
 from pathlib import Path
 
 import attrs
+from safetensors import SafetensorError
 
-from mtbert.base.errors import MtbertError
+from mtbert.base.errors import MtbertError, WriteError
 from mtbert.commands.modelcard import model_card
+
 
 @attrs.frozen
 class Exported:
@@ -156,19 +158,21 @@ def refusal(task: str, head_name: str, fmt: str, reason: str, head, cross_pair: 
 
 def write_new_directory(out: Path, fill) -> None:
     """``fill`` a temporary sibling of ``out``, then rename it into place; nothing is left on failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.export-{secrets.token_hex(4)}")
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise WriteError("the export", out, exc, training=False) from None
     try:
         fill(tmp)
         check_out(out)  # still free (nothing raced us)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise MtbertError(f"cannot write the export into {out}: {exc.strerror or exc} (nothing was written)") \
-            from None
+        raise WriteError("the export", out, exc, training=False) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,12 +32,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import attrs
 import numpy as np
 
-from mtbert.base.errors import MtbertError
+from mtbert.base.errors import MtbertError, WriteError
 
 DPI = 100
 SIZE = (6.0, 4.0)
@@ -70,9 +72,22 @@ def read_metrics(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "step" in record and "tasks" in record:
+        if sound_record(record):
             records.append(record)
     return records
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sound_record(record) -> bool:
+    """An evaluation as the run writes it: step and epoch whole numbers, an overall score, and each
+    task's metrics numbers (a hand-edited or damaged line is left out, not a crash later)."""
+    return (isinstance(record, dict) and _number(record.get("step")) and _number(record.get("epoch"))
+            and _number(record.get("overall")) and isinstance(record.get("tasks"), dict)
+            and all(isinstance(m, dict) and all(isinstance(k, str) and _number(v) for k, v in m.items())
+                    for m in record["tasks"].values()))
 
 
 def read_scalars(tb_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]]:
@@ -93,6 +108,9 @@ def read_scalars(tb_dir: Path, prefix: str) -> dict[str, list[tuple[int, float]]
 def read_train_losses(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """``train/loss/<task>`` scalars: task -> [(step, loss)]."""
     return read_scalars(tb_dir, "train/loss/")
+
+
+WILDEST = 1e6  # no head predicts beyond this; a larger value is damage, left out of the pictures
 
 
 def read_prediction_file(path: Path) -> dict[str, str]:
@@ -315,10 +333,20 @@ def _dev_pairs(run, spec, registry, task_name: str, data_dirs: list[Path]):
     rows = read_rows(path, make(registry, task.data.reader), task.data, labels, task.data.limit)
     truth = dict(zip(rows.ids, rows.labels))
     ids = [i for i in predicted if i in truth]
-    notes = []
+    notes: list[str] = []
     if len(ids) < len(predicted):
         notes.append(f"{len(predicted) - len(ids)} of {len(predicted)} dev predictions of {task_name} have no "
                      f"labelled row in {path} (left out)")
+    if labels.real_valued:  # a value no model predicts (inf, 1e30: a damaged file) would flatten the picture
+        try:
+            wild = {i for i in ids if not abs(float(predicted[i])) <= WILDEST}
+        except ValueError as exc:
+            raise MtbertError(f"{predictions_path}: {exc}") from None
+        if wild:
+            example = next(i for i in ids if i in wild)
+            notes.append(f"{len(wild)} dev prediction(s) of {task_name} are not finite numbers of a sane size "
+                         f"(e.g. {predicted[example]!r} for id {example}): left out")
+            ids = [i for i in ids if i not in wild]
     if not ids:
         raise MtbertError(f"none of the ids in {predictions_path} is in {path}: is it the same dev file?")
     try:
@@ -335,7 +363,6 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, registry=Non
     (default ``run_dir/report``). ``data_dir`` is where the dev files are when not at the
     run's ``data.dir`` (MTBERT_DATA is tried too)."""
     from mtbert import __version__
-    from mtbert.base.errors import DataError
     from mtbert.runs.rundir import RunDir
     from mtbert.runs.finished import open_run
 
@@ -350,15 +377,42 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, registry=Non
     opened = open_run(run.path, registry, weights=False)
     spec, registry = opened.spec, opened.registry
     best = max(records, key=lambda r: (r["overall"] if not math.isnan(r["overall"]) else -math.inf))
+    damaged_best = False
     if run.best.is_file():
         try:
-            best = json.loads(run.best.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            pass  # fall back to the best of metrics.jsonl
+            saved = json.loads(run.best.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):
+            saved = None
+        if sound_record(saved):
+            best = saved
+        else:  # fall back to the best of metrics.jsonl
+            damaged_best = True
     out = Path(out) if out is not None else run.path / "report"
     if out.exists() and not out.is_dir():
         raise MtbertError(f"{out} is a file; give a directory for the report with --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # the report is drawn into a private folder inside out, then moved into place file by file
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    except OSError as exc:
+        raise WriteError("the report", out, exc, training=False) from None
+    try:
+        report = _draw(run, spec, registry, records, best, stage, data_dir, __version__)
+        if damaged_best:
+            report.notes.append(f"{run.best} is damaged: the best evaluation shown is metrics.jsonl's")
+        for image in report.images:
+            os.replace(image, out / image.name)
+        os.replace(report.path, out / report.path.name)  # the text last: it links the pictures
+    except OSError as exc:
+        raise WriteError("the report", out, exc, training=False) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return attrs.evolve(report, path=out / report.path.name, images=[out / i.name for i in report.images])
+
+
+def _draw(run, spec, registry, records: list[dict], best: dict, out: Path, data_dir, version: str) -> Report:
+    """Every picture and report.md into ``out`` (a private folder the caller moves into place)."""
+    from mtbert.base.errors import DataError
+
     report = Report(out / "report.md")
 
     if data_dir is not None:
@@ -379,7 +433,7 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, registry=Non
 
     md = [f"# Report: {spec.name}", "",
           f"Run directory `{run.path}`: {len(records)} evaluation(s), the last at step {records[-1]['step']} "
-          f"(epoch {records[-1]['epoch']}). Written by `mtbert report` (mtbert {__version__}).", "",
+          f"(epoch {records[-1]['epoch']}). Written by `mtbert report` (mtbert {version}).", "",
           "## Best evaluation", "",
           f"Step {best['step']}, epoch {best['epoch']}" + (f", phase {best['phase']}" if best.get("phase") else "")
           + f": overall score **{best['overall']:.4f}** (the mean over tasks of each task's first metric "

@@ -52,9 +52,24 @@ def offering(registry: Registry, capability: str, kind: str = "encoders") -> str
     return ", ".join(f'"{n}"' for n in names) if names else f"none is installed ({kind} that declare {capability})"
 
 
+def run_name_problem(name: str) -> str | None:
+    """The run's name becomes a folder under ``out``: one plain folder name, nothing that climbs out."""
+    if not name.strip():
+        return "the run's name is empty; give it one, e.g. name = \"sst-baseline\""
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
+        return (f"{name!r} is not a folder name: the run goes to <out>/<name>, so a name may not hold a path; "
+                "choose where runs go with out = \"...\" (or --out) and keep name a plain name")
+    if any(ord(c) < 32 for c in name):
+        return f"{name!r} holds control characters; use a plain name"
+    return None
+
+
 def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     """Checks across the whole spec: phases, the step contract, adapters, what components need."""
     problems = []
+    name_problem = run_name_problem(spec.name)
+    if name_problem:
+        problems.append(("name", name_problem))
     for i, phase in enumerate(spec.phases):
         for task in phase.tasks or ():
             if task not in spec.tasks:
@@ -65,6 +80,11 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
         if find_checkpoint(expand(spec.init_from)) is None:
             problems.append(("init_from", f"{spec.init_from} holds no checkpoint (give a run directory "
                              "or its checkpoint/ directory)"))
+    longest = declared(registry, spec.encoder, "positions", None)  # the encoder's position table, if known here
+    longest = longest(spec.encoder.options) if longest is not None else None
+    if longest is not None and spec.data.max_length > longest:
+        problems.append(("data.max_length", f"{spec.data.max_length} tokens, but encoder \"{spec.encoder.name}\" "
+                         f"takes at most {longest}; set data.max_length = {longest} or less"))
     if spec.phases:
         for key in ("epochs", "steps"):
             if getattr(spec.train, key) is not None:

@@ -50,6 +50,7 @@ class Split:
     labels: Tensor | None  # None for unlabeled (test) files
     skipped: int = 0  # rows dropped for an empty label
     cached: bool = False  # mapped from the tokenized cache rather than tokenized by this run
+    fingerprint: str | None = None  # the reader's fingerprint of the bytes tokenized (None: given in memory)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -323,12 +324,13 @@ def _tokenize_file(sink, path, reader, columns, label_spec, tokenizer, max_lengt
     return {"rows": count, "skipped": skipped, "parts": parts, "labeled": labeled, "explicit_ids": bool(columns.id)}
 
 
-def _split_from(task, split, path, arrays: dict[str, np.ndarray], meta: dict, cached: bool) -> Split:
+def _split_from(task, split, path, arrays: dict[str, np.ndarray], meta: dict, cached: bool,
+                fingerprint: str | None = None) -> Split:
     parts = [Tokens(arrays[f"ids{p}"], arrays[f"types{p}"], arrays[f"offsets{p}"]) for p in range(meta["parts"])]
     ids = Strings(meta["rows"], arrays.get("rowids"), arrays.get("rowid_offsets")) if meta["explicit_ids"] \
         else Strings(meta["rows"])
     labels = torch.from_numpy(arrays["labels"]) if meta["labeled"] else None
-    return Split(task, split, Path(path), ids, parts, labels, meta["skipped"], cached)
+    return Split(task, split, Path(path), ids, parts, labels, meta["skipped"], cached, fingerprint)
 
 
 def texts_split(task: str, texts: list[str], pairs: list[str] | None, tokenizer, max_length: int,
@@ -400,7 +402,7 @@ def _through_cache(cache: Cache, path, reader, reader_id, tokenizer, max_length,
                 found = None
             if found is not None:
                 log.debug("%s: mapped tokenized cache entry %s", what, cache.root / key)
-                return found[0], found[1], True
+                return found[0], found[1], True, before
 
             def checked_fill(sink):
                 meta = fill(sink)
@@ -414,7 +416,7 @@ def _through_cache(cache: Cache, path, reader, reader_id, tokenizer, max_length,
                 log.warning("%s: %s changed while it was read; reading it again", what, path)
                 continue
         log.debug("%s: wrote tokenized cache entry %s", what, cache.root / key)
-        return arrays, meta, False
+        return arrays, meta, False, before
     raise DataError(path, None, f"the file changed each of the {CHANGED_RETRIES} times it was read "
                     "(is something still writing it?)", "run again once the file is complete")
 
@@ -433,14 +435,15 @@ def load_split(task: str, split: str, path: Path, reader, columns, label_spec: L
                                        max_length, pair_encoding, labeled, progress, what)
     if cache is None:
         sink = MemorySink()
+        fingerprint = reader.fingerprint(path)  # what --resume compares (the file may change between runs)
         meta = fill(sink)
         arrays, cached = sink.arrays(), False
     else:
-        arrays, meta, cached = _through_cache(cache, path, reader, reader_id, tokenizer, max_length, pair_encoding,
-                                              labeled, label_spec, columns, fill, what)
+        arrays, meta, cached, fingerprint = _through_cache(cache, path, reader, reader_id, tokenizer, max_length,
+                                                           pair_encoding, labeled, label_spec, columns, fill, what)
     if meta["skipped"]:
         log.info("%s: skipped %d row(s) with an empty label in %s", what, meta["skipped"], path)
-    return _split_from(task, split, path, arrays, meta, cached)
+    return _split_from(task, split, path, arrays, meta, cached, fingerprint)
 
 
 # -- batching ------------------------------------------------------------------------------

@@ -76,6 +76,11 @@ def load_state(directory: Path) -> dict:
         return unflatten(json.loads((directory / TREE).read_text()), tensors)
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
         raise CheckpointError(f"the training state in {directory} is unreadable: {exc}") from None
+    except (RecursionError, TypeError, ValueError, AttributeError) as exc:  # well-formed JSON of another shape
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CheckpointError(f"the training state in {directory} is damaged: {what}\n"
+                              "  fix: resume from an earlier copy of the run, or start it again; "
+                              "the run directory was left as it was") from None
 
 
 def peek(directory: Path) -> dict:
@@ -87,7 +92,7 @@ def peek(directory: Path) -> dict:
         skeleton = json.loads((directory / TREE).read_text())
         counters = dict(skeleton.get("__dict__", [])).get("counters", {})
         return {k: v for k, v in counters.get("__dict__", []) if isinstance(k, str) and not isinstance(v, dict)}
-    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError, RecursionError):
         return {}
 
 

@@ -77,17 +77,71 @@ def _from_hub(repo_id: str) -> Path:
             "offline, the embedded encoder is 'minilm-l6'") from None
 
 
+# A config's sizes: positive whole numbers (a crafted -1 or 1e9 must not reach torch's allocator)
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+         "max_position_embeddings", "type_vocab_size")
+LARGEST = 1 << 24  # far above any real encoder's size, far below an allocation that takes the machine down
+# Files that carry a vocabulary; a directory with none makes transformers build an empty tokenizer
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")
+
+
 def read_config(directory: Path) -> dict:
+    """``directory``'s config.json, checked: an object, no code to run, sizes and rates in range."""
     path = Path(directory) / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not the config object it should")
-        return config
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found: a checkpoint directory needs config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not the config object it should")
+    check_config(config, path)
+    return config
+
+
+def check_config(config: dict, path) -> None:
+    """Refuse what a crafted config.json could do: ask to run the directory's code (``auto_map``), or
+    give sizes and dropout rates no model has (a negative vocabulary, a dropout of 5)."""
+    if "auto_map" in config:
+        raise CheckpointError(f"{path} asks to run Python code shipped with the checkpoint (auto_map); "
+                              "mtbert never runs a checkpoint's code.\n  fix: use a checkpoint of a model "
+                              "type transformers itself provides")
+    for key in SIZES:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= LARGEST):
+            raise CheckpointError(f"{path}: {key} = {value!r} is not a size (a whole number from 1 to {LARGEST})")
+    for key, value in config.items():
+        if key.endswith(("dropout", "dropout_prob")) and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise CheckpointError(f"{path}: {key} = {value!r} is not a dropout rate (from 0 to below 1)")
+    heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
+    if isinstance(heads, int) and isinstance(hidden, int) and heads > 0 and hidden % heads:
+        raise CheckpointError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+
+
+def positions(config: dict) -> int | None:
+    """The longest input (in tokens) a model of this config takes, or None when its positions are not
+    a table of fixed size (relative positions, rotary ones)."""
+    largest = config.get("max_position_embeddings")
+    if not isinstance(largest, int) or config.get("position_embedding_type", "absolute") != "absolute":
+        return None
+    if config.get("model_type") in ("deberta-v2", "deberta") and not config.get("position_biased_input", True):
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        return largest - 2  # positions start after the padding index
+    return largest
+
+
+def local_positions(name: str | None) -> int | None:
+    """``positions`` of a checkpoint that is here (the embedded one, a directory); None for a hub id
+    (validation does not go to the network) or a checkpoint that cannot be read (training says why)."""
+    if not name or not (name.lower() in EMBEDDED or looks_local(name)):
+        return None
+    try:
+        return positions(read_config(resolve(name)))
+    except CheckpointError:
+        return None
 
 
 def read_safetensors(directory: Path) -> dict:
@@ -115,8 +169,22 @@ def load_tokenizer(directory: Path):
     """The checkpoint's own fast tokenizer."""
     from transformers import AutoTokenizer
 
+    directory = Path(directory)
+    if directory.is_dir():
+        if not any(next(directory.glob(pattern), None) for pattern in VOCABULARY_FILES):
+            raise CheckpointError(f"{directory} holds no tokenizer (none of {', '.join(VOCABULARY_FILES)}): "
+                                  "without its vocabulary every text would be read wrong.\n  fix: copy the "
+                                  "tokenizer files of the model it was trained from into it")
+        tokenizer_config = directory / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            try:
+                if "auto_map" in json.loads(tokenizer_config.read_text(encoding="utf-8")):
+                    raise CheckpointError(f"{tokenizer_config} asks to run Python code shipped with the "
+                                          "checkpoint (auto_map); mtbert never runs a checkpoint's code")
+            except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+                pass  # transformers says what is wrong with it below
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, trust_remote_code=False)
     except Exception as exc:
         raise CheckpointError(f"cannot load a tokenizer from {directory}: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):

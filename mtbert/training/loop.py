@@ -46,9 +46,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mtbert.base import distributed
+from mtbert.base.atomic import write_file
 from mtbert.model.build import build_model, build_tasks, make
 from mtbert.runs.checkpoint import find_checkpoint, load_weights
 from mtbert.training.counters import Counters
+from mtbert.training.datafiles import DataFiles
 from mtbert.data.splits import TaskStream
 from mtbert.base.errors import CheckpointError, MtbertError, Stopped, TrainingError
 from mtbert.training.prediction import to_device
@@ -65,6 +67,7 @@ from mtbert.training.runwriter import RunWriter
 from mtbert.base.signals import StopRequest
 from mtbert.config.spec import Spec
 from mtbert.runs.state import STATE_FORMAT, RandomState, load_state
+from mtbert.training.statecheck import check_phase, check_state
 
 log = logging.getLogger("mtbert")
 
@@ -164,6 +167,7 @@ class Trainer:
         self.balancers = Balancers(registry, self.phases, infos, self.context)
 
         self.counters = Counters()
+        self.data = DataFiles(self.tasks)  # what --resume compares with the files read again
         self.evaluator = Evaluator(self.tasks, cfg.eval_batch_size, self.device, self.pad_id, self.autocast,
                                    cfg.early_stopping)
         self.meter = Meter(self.device, self.dist.average)
@@ -174,6 +178,7 @@ class Trainer:
         self.parts: PhaseParts | None = None  # the phase being trained
         self.writer: RunWriter | None = None  # set by fit: where the run goes
         self.saved_at = -1  # the step of the last training state written
+        self.writer_path = None  # the state directory being resumed (named in messages)
 
     @property
     def step(self) -> int:
@@ -183,28 +188,43 @@ class Trainer:
     def fit(self, run: RunDir, resume: bool = False) -> dict | None:
         """Train into ``run``; with ``resume``, continue from the run's saved state. Every way out
         (finished, stopped by a signal, too many non-finite steps, an error) closes the writer here."""
-        state = self._read_state(run) if resume else None
-        if state is not None:
-            self.counters.load_state_dict(state["counters"])
-            self.evaluator.load_state_dict(state["evaluator"])
-            if self.counters.finished:
-                log.info("%s already finished at step %d; nothing to do", run.path, self.step)
-                return self.evaluator.best
-        self.writer = RunWriter(run, self.dist.main, purge_step=self.step + 1 if state else None)
-        self.model.train()
+        if self.dist.main:
+            run.lock()  # one writer at a time (the command line took it already, before reading data)
         try:
-            with self.stop.on_sigterm():
-                for phase in self.phases[self.counters.phase:]:
-                    self.prepare_phase(phase, state)
-                    state = None
-                    self._train_phase()
-            if state is not None:  # resumed after the last phase had finished: only the final steps remain
-                self._load(state, only=("model", "balancers"))
-            self._finish()
+            state = self._read_state(run) if resume else None
+            if state is not None:
+                self.counters.load_state_dict(state["counters"])
+                self.evaluator.load_state_dict(state["evaluator"])
+                if self.counters.finished:
+                    log.info("%s already finished at step %d; nothing to do", run.path, self.step)
+                    return self.evaluator.best
+            self.model.train()
+            try:
+                with self.stop.on_sigterm():
+                    for phase in self.phases[self.counters.phase:]:
+                        self.prepare_phase(phase, state)
+                        self._open(run, state)  # after the state was restored whole: only then is the run touched
+                        state = None
+                        self._train_phase()
+                if state is not None:  # resumed after the last phase had finished: only the final steps remain
+                    self._load(state, only=("model", "balancers"))
+                self._open(run, state)
+                self._finish()
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
         finally:
-            self.writer.close()
+            run.unlock()
         self.dist.barrier()
         return self.evaluator.best
+
+    def _open(self, run: RunDir, state: dict | None) -> None:
+        """The run's writer, once: a resumed run first drops the evaluations logged after its state."""
+        if self.writer is not None:
+            return
+        if state is not None and self.dist.main:
+            drop_later_evaluations(run, state["counters"]["step"])
+        self.writer = RunWriter(run, self.dist.main, purge_step=self.step + 1 if state else None)
 
     def _finish(self) -> None:
         """After the last phase: the last step's state, the final evaluation, the test predictions (of
@@ -229,6 +249,7 @@ class Trainer:
             self.evaluator.new_phase()
             self.health.reset()
         else:
+            check_phase(state, parts, self.writer_path)  # the optimizer's and method's state fit this phase
             self._load(state)  # the random generators last: nothing may draw before the next step
         log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%s params)%s",
                  parts.phase.name if len(self.phases) > 1 else self.spec.name, self.device, parts.epochs,
@@ -468,7 +489,7 @@ class Trainer:
         """Every part whose state a resumed run needs, by name, in the order they are restored (the
         random generators last). Each has ``state_dict()`` / ``load_state_dict(state)``; a gradient
         method or regularizer without them has no state."""
-        parts = {"counters": self.counters, "evaluator": self.evaluator, "model": self.model,
+        parts = {"counters": self.counters, "data": self.data, "evaluator": self.evaluator, "model": self.model,
                  "balancers": self.balancers, "health": self.health, "meter": self.meter,
                  **{f"streams/{t}": s for t, s in self.streams.items()},
                  **{f"regularizers/{name}": r for name, r in self.regularizers.items()}}
@@ -488,25 +509,43 @@ class Trainer:
     def _load(self, state: dict, only: tuple[str, ...] | None = None) -> None:
         for name, part in self._stateful().items():
             if (only is None or name in only) and name in state:
-                part.load_state_dict(state[name])
+                try:
+                    part.load_state_dict(state[name])
+                except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+                    # what the checks before could not see; nothing of the run directory was touched yet
+                    raise CheckpointError(f"the training state in {self.writer_path} is damaged: {name}: {exc}\n"
+                                          "  fix: resume from an earlier copy of the run, or start it again; "
+                                          "the run directory was left as it was") from None
         self.saved_at = self.step
 
     def _read_state(self, run: RunDir) -> dict:
+        """The saved state, checked against this run's parts before any of it is used."""
+        self.writer_path = run.state
         state = load_state(run.state)
-        if state.get("format") != STATE_FORMAT:
+        if isinstance(state, dict) and state.get("format") != STATE_FORMAT and "evaluator" in state:
             raise CheckpointError(f"the training state in {run.state} was written by another version of mtbert, "
                                   "whose states this one cannot continue; start the run again")
-        if len(state["random"]) != self.dist.world:
+        if isinstance(state, dict) and isinstance(state.get("random"), list) and len(state["random"]) != self.dist.world:
             raise MtbertError(f"the run was saved by {len(state['random'])} process(es); resume it with as many "
                               f"(this is {self.dist.world})")
-        if self.dist.main and not state["counters"]["finished"]:
-            with open(run.metrics, "a+", encoding="utf-8") as fp:  # drop evaluations after the state
-                fp.seek(0)
-                kept = [line for line in fp if json.loads(line)["step"] <= state["counters"]["step"]]
-                fp.seek(0)
-                fp.truncate()
-                fp.writelines(kept)
+        check_state(state, {name: part.state_dict() for name, part in self._stateful().items()}, run.state,
+                    len(self.phases), self.streams, self.dist.world)
         return state
+
+
+def drop_later_evaluations(run: RunDir, step: int) -> None:
+    """Keep metrics.jsonl's evaluations up to the resumed state's step; a line cut short (a process
+    killed while appending it) goes too."""
+    if not run.metrics.exists():
+        return
+    kept = []
+    for line in run.metrics.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: dropped a damaged line (a process stopped while writing it)", run.metrics)
+    write_file(run.metrics, "".join(kept), "the evaluations up to the resumed state", training=True)
 
 
 def train(spec: Spec, registry: Registry, run: RunDir, progress: bool = True) -> dict | None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mtbert.base.atomic import replacing
+from mtbert.base.errors import WriteError
 from mtbert.model.build import TaskParts
 from mtbert.data.splits import Split, eval_batches
 
@@ -95,10 +97,11 @@ def format_prediction(value) -> str:
 def write_predictions(path: Path, ids: list[str], predictions: Tensor, column: str) -> None:
     """The course's submission format: header ``id \\t <column>``, then ``<id> , <prediction>`` lines."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fp:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError("predictions", path, exc, training=False) from None
+    with replacing(path, "predictions") as fp:
         fp.write(f"id \t {column} \n")
         for ident, value in zip(ids, predictions.tolist()):
             fp.write(f"{ident} , {format_prediction(value)} \n")
-    tmp.replace(path)

@@ -97,18 +97,22 @@ def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
     """Any Hugging Face AutoModel (RoBERTa, DeBERTa, ModernBERT ...) as the encoder."""
     from transformers import AutoConfig, AutoModel
 
-    try:
+    try:  # never a checkpoint's own code: its config is checked first, and transformers told so
         if restore is not None:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(str(restore)))
+            checkpoints.read_config(Path(restore))
+            model = AutoModel.from_config(AutoConfig.from_pretrained(str(restore), trust_remote_code=False))
             return _with_base(HfEncoder(model, checkpoints.load_tokenizer(Path(restore))), options)
         if options.config is not None:
             settings = dict(options.config)
+            checkpoints.check_config(settings, "encoder.config")
             model = AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
         else:
-            model = AutoModel.from_pretrained(str(checkpoints.resolve(options.pretrained)))
+            source = checkpoints.resolve(options.pretrained)
+            checkpoints.read_config(source)
+            model = AutoModel.from_pretrained(str(source), trust_remote_code=False)
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot build the Hugging Face model: {exc}") from None
     tokenizer_source = options.tokenizer or options.pretrained
     return _with_base(HfEncoder(model, checkpoints.load_tokenizer(checkpoints.resolve(tokenizer_source))), options)
@@ -120,6 +124,14 @@ def _with_base(encoder: HfEncoder, options: HfOptions) -> HfEncoder:
     return encoder
 
 
+def hf_positions(options: HfOptions) -> int | None:
+    """The longest input this encoder takes, when its config can be read without the network."""
+    if options.config is not None:
+        return checkpoints.positions(options.config)
+    return checkpoints.local_positions(options.pretrained)
+
+
+build_hf.positions = hf_positions  # validation checks data.max_length against it
 build_hf.layer_slots = False  # no per-layer adapter slots: PALs need minbert
 build_hf.input_embeddings = True  # embed(): the model's input embeddings (what SMART perturbs)
 build_hf.hf_export = True  # save_hf(): `mtbert export` writes it back as the transformers model it is

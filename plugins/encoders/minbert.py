@@ -70,6 +70,7 @@ def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> Mi
     return model
 
 
+build_minbert.positions = lambda options: pretrained.local_positions(options.pretrained)  # vs data.max_length
 build_minbert.layer_slots = True  # PALs and other per-layer adapters can plug in
 build_minbert.input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
 build_minbert.hf_export = True  # save_hf(): a plain transformers BertModel

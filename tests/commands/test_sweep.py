@@ -70,3 +70,51 @@ def test_sweep_command_rejects_bad_values(registry, tmp_path):
     assert result.exit_code == 2
     assert "[lr=fast] train.lr: expected float" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_combination_is_recorded_and_the_sweep_goes_on(registry, tmp_path):
+    """A bad label file fails one combination; the others train and the summary names the failure."""
+    path = write_spec(registry, tmp_path, steps=2, eval_every=2)
+    data = tmp_path / "data"
+    (data / "bad.tsv").write_text("id\tsentence\tlabel\nr0\tgood movie\tseven\n")
+    lines = []
+    root = run_sweep(path, registry, ("tasks.sent.data.train=bad.tsv,sent.tsv",), progress=False,
+                     echo=lines.append)
+    rows = [json.loads(line) for line in (root / "summary.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in rows] == ["train=bad.tsv", "train=sent.tsv"]
+    assert "seven" in rows[0]["error"] and "overall" not in rows[0]
+    assert rows[1]["overall"] > 0 and (root / "train=sent.tsv" / "best.json").is_file()
+    summary = (root / "summary.md").read_text()
+    assert "| train=bad.tsv | - |" in summary and "train=bad.tsv failed:" in summary
+    assert any("1 of 2 combination(s) failed" in line for line in lines)
+
+
+def test_combinations_that_name_one_directory_get_their_own(registry, tmp_path):
+    path = write_spec(registry, tmp_path, steps=1, eval_every=1)
+    root = run_sweep(path, registry, ("train.lr=1e-3,1e-3",), progress=False, echo=lambda _: None)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["lr=1e-3", "lr=1e-3-2"]
+
+
+def test_sigterm_during_a_final_evaluation_stops_the_sweep(registry, tmp_path, monkeypatch):
+    """The signal arrives while the first run evaluates for the last time: that run ends, the sweep
+    writes the summary of it and stops with 143 instead of starting the next."""
+    import os
+    import signal
+
+    from mtbert.base.errors import Stopped
+    from mtbert.training.loop import Trainer
+
+    real = Trainer._finish
+
+    def finish(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by the run's own handler: a flag
+        real(self)
+
+    monkeypatch.setattr(Trainer, "_finish", finish)
+    path = write_spec(registry, tmp_path, steps=2, eval_every=2)
+    with pytest.raises(Stopped, match="the sweep stopped after 1 of 2 combinations"):
+        run_sweep(path, registry, ("train.lr=1e-3,3e-3",), progress=False, echo=lambda _: None)
+    root = tmp_path / "runs" / "toy-sweep"
+    assert [json.loads(line)["run"] for line in (root / "summary.jsonl").read_text().splitlines()] == ["lr=1e-3"]
+    assert (root / "lr=1e-3" / "best.json").is_file() and not (root / "lr=3e-3").exists()
+    assert "lr=1e-3" in (root / "summary.md").read_text()

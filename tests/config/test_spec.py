@@ -237,3 +237,27 @@ def test_a_method_that_draws_nothing_has_no_seed_and_older_specs_still_load(regi
         structure_component("gradient_methods", {"name": "cagrad", "sed": 0}, registry)
     pcgrad = make(registry, structure_component("gradient_methods", {"name": "pcgrad", "seed": 4}, registry))
     assert pcgrad.generator is not None
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("../../x", "is not a folder name"), ("/abs", "is not a folder name"), ("a/b", "is not a folder name"),
+    ("..", "is not a folder name"), ("", "name is empty"), ("  ", "name is empty"), ("a\nb", "control characters"),
+])
+def test_run_names_that_are_not_one_folder_are_refused(registry, tmp_path, name, expected):
+    """The run goes to <out>/<name>: a name may not climb out of out or be empty."""
+    data = spec_data(make_data(tmp_path))
+    data["name"] = name
+    with pytest.raises(SpecError) as excinfo:
+        structure_spec(data, registry)
+    assert expected in problems(excinfo)["name"]
+
+
+def test_max_length_above_the_encoders_positions_is_refused(registry, tmp_path):
+    data = spec_data(make_data(tmp_path))
+    data["data"]["max_length"] = 100_000
+    with pytest.raises(SpecError) as excinfo:
+        structure_spec(data, registry)
+    assert problems(excinfo)["data.max_length"] == ('100000 tokens, but encoder "minbert" takes at most 512; '
+                                                     'set data.max_length = 512 or less')
+    data["data"]["max_length"] = 512
+    assert structure_spec(data, registry).data.max_length == 512

@@ -348,3 +348,55 @@ def test_builders_of_one_entry_take_turns(registry, tok, tmp_path):
         t.join()
     assert len(results) == 2 and len(reads) == 1 and sorted(r.cached for r in results) == [False, True]
     assert same(*results) and len(entries(cache.root)) == 1
+
+
+BUILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from mtbert.plugin.loading import default_registry
+from mtbert.data.cache import Cache
+from mtbert.model.build import make
+from mtbert.config.spec import structure_component
+from helpers import TINY_ENCODER
+from data.test_datacache import load
+registry = default_registry()
+tok = make(registry, structure_component("encoders", TINY_ENCODER, registry)).tokenizer
+import mtbert.data.cache as cache_module
+real = cache_module.FileSink.append
+def slow(self, name, array):  # a build long enough to be caught in the middle
+    time.sleep(0.05)
+    return real(self, name, array)
+cache_module.FileSink.append = slow
+print("building", flush=True)
+load({path!r}, registry, tok, Cache({cache!r}))
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_a_signal_while_an_entry_is_built_leaves_no_temporary_after_the_next_run(registry, tok, tmp_path,
+                                                                                  signal_name):
+    """A real process stopped mid-build: SIGINT cleans up at once; after SIGKILL or SIGTERM (no handler
+    outside training) the next run sweeps the dead builder's temporary and builds the entry whole."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, cache = sst_file(tmp_path / "a.tsv", rows=3000), Cache(tmp_path / "cache")
+    tests = str(Path(__file__).resolve().parents[1])
+    code = BUILD.format(tests=tests, path=str(path), cache=str(cache.root))
+    builder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert builder.stdout.readline().strip() == "building"
+    deadline = time.monotonic() + 60
+    while not any(".tmp-" in p.name for p in entries(cache.root)):  # the temporary entry exists: mid-build
+        assert time.monotonic() < deadline and builder.poll() is None, builder.stderr.read()
+        time.sleep(0.02)
+    builder.send_signal(getattr(signal, signal_name))
+    builder.wait(timeout=60)
+    assert builder.returncode != 0
+    if signal_name == "SIGINT":
+        assert entries(cache.root) == []  # KeyboardInterrupt removed its own temporary
+    split = load(path, registry, tok, cache)
+    assert not split.cached and len(split) == 3000
+    assert [p.name for p in entries(cache.root) if ".tmp-" in p.name] == [] and len(entries(cache.root)) == 1

@@ -368,7 +368,7 @@ def file_format(path: Path) -> str:
     if name.endswith(".toml"):
         tomllib.loads(text)
         return "toml"
-    assert name.endswith((".csv", ".txt")), f"{path}: an unexpected kind of file"
+    assert name.endswith((".csv", ".txt")) or name == ".lock", f"{path}: an unexpected kind of file"
     return "text"
 
 
