@@ -42,7 +42,7 @@ METHODS = ["sum", "pcgrad", "gradvac", "mgda", "imtl", "cagrad", "nash_mtl", "al
 
 
 def built(registry, name, tasks, size, **options):
-    method = make(registry, structure_component("gradient_methods", {"name": name, **options}, registry))
+    method = make(registry, structure_component("gradients", {"name": name, **options}, registry))
     parameter = nn.Parameter(torch.zeros(size))
     if name != "sum":
         method.setup([("encoder.w", parameter)], [], [f"t{i}" for i in range(tasks)], LoopContext())

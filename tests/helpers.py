@@ -66,7 +66,7 @@ BUILT_IN = {
     "samplers": {"round_robin", "proportional", "temperature", "annealed", "all_tasks", "proportional_joint"},
     "optimizers": {"adamw", "sgd"},
     "schedulers": {"linear", "cosine", "constant"},
-    "gradient_methods": {"sum"},
+    "gradients": {"sum"},
 }
 
 
@@ -99,7 +99,7 @@ def gradient_method(registry, name, **options):
     """A gradient method built from spec options, as the loop builds it."""
     from mtbert.model.build import make
     from mtbert.config.spec import structure_component
-    return make(registry, structure_component("gradient_methods", {"name": name, **options}, registry))
+    return make(registry, structure_component("gradients", {"name": name, **options}, registry))
 
 
 def aggregate(method, grads, losses=None):

@@ -32,7 +32,7 @@ CORE = {
         "sampler": "Which tasks each step draws a batch from (kind `samplers`).",
         "optimizer": "The optimizer (kind `optimizers`).",
         "scheduler": "The learning-rate schedule (kind `schedulers`).",
-        "gradient": "How the step's task losses become gradients (kind `gradient_methods`).",
+        "gradient": "How the step's task losses become gradients (kind `gradients`).",
         "balancer": "How the step's task losses are weighted before the gradient method (kind `balancers`).",
         "regularizers": "Extra loss terms, a list (kind `regularizers`).",
         "adapters": "Modules added to the encoder, a list (kind `adapters`).",

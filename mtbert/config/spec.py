@@ -25,6 +25,7 @@ from mtbert.base.paths import expand, is_dir, is_file
 from mtbert.plugin.registry import Registry, singular
 from mtbert.plugin.structure import Structurer, at_least, describe, greater_than, join, non_empty
 from mtbert.config.validation import check_run, check_task
+from mtbert.plugin.hookspecs import KIND_ALIASES
 
 # What a phase trains: everything, the heads, the adapters (+ heads), or the
 # last `last_layers` encoder layers (+ pooler, adapters and heads).
@@ -134,7 +135,7 @@ class PhaseSpec:
     name: str | None = None
     tasks: list[str] | None = attrs.field(default=None, validator=non_empty)  # default: every task
     sampler: ComponentSpec | None = component("samplers", default=None)
-    gradient: ComponentSpec | None = component("gradient_methods", default=None)
+    gradient: ComponentSpec | None = component("gradients", default=None)
     balancer: ComponentSpec | None = component("balancers", default=None)
     trainable: Trainable | None = None
     last_layers: int | None = attrs.field(default=None, validator=at_least(1))
@@ -159,7 +160,7 @@ class Spec:
     sampler: ComponentSpec = component("samplers", default="round_robin")
     optimizer: ComponentSpec = component("optimizers", default="adamw")
     scheduler: ComponentSpec = component("schedulers", default="linear")
-    gradient: ComponentSpec = component("gradient_methods", default="sum")
+    gradient: ComponentSpec = component("gradients", default="sum")
     balancer: ComponentSpec = component("balancers", default="equal")  # task losses -> weighted losses
     regularizers: list[ComponentSpec] = component("regularizers", default=[])
     adapters: list[ComponentSpec] = component("adapters", default=[])
@@ -213,6 +214,7 @@ class SpecStructurer(Structurer):
         return True, self.component(field.metadata["kind"], value, path)
 
     def component(self, kind: str, value, path: str) -> ComponentSpec | None:
+        kind = KIND_ALIASES.get(kind, kind)  # a kind's first name (plugins written against it)
         if isinstance(value, str):
             name, options = value, {}
         elif isinstance(value, dict):

@@ -1,16 +1,18 @@
 """Checks across components, from the capabilities each one declares.
 
-A component declares what it needs and offers once, as attributes of its
-factory (a class attribute, or an attribute set on a factory function); this
-module is the only reader, so a new capability is one attribute and one
-check here, and the core never names a method:
+A component declares what it needs and offers once, as class attributes of
+the class it registers (the factory when it is a class; ``declares=`` when the
+factory is a function); this module is the only reader (through
+``Component.capability``), so a new capability is one attribute and one check
+here, and the core never names a method:
 
 ========================  ===========  ===============================================
 attribute                 kind         meaning
 ========================  ===========  ===============================================
 ``one_task_per_step``     samplers     each step holds one task's batch (default True)
 ``needs_all_tasks``       gradients    the method combines every task's gradient in a step
-``layer_slots``           encoders     the encoder offers per-layer slots for branches
+``has_layer_slots``       encoders     the encoder offers per-layer slots (``layer_slots``)
+``positions``             encoders     ``positions(options)``: the longest input, or None
 ``input_embeddings``      encoders     ``embed`` gives the input embeddings
 ``hf_export``             encoders     ``save_hf(directory)`` writes a Hugging Face model
 ``needs_layer_slots``     adapters     the adapter installs a branch in every layer
@@ -43,12 +45,12 @@ TASK_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")  # task names name output files
 
 def declared(registry: Registry, component: ComponentSpec, capability: str, default=False):
     """What ``component``'s factory declares for ``capability``."""
-    return getattr(registry.get(component.kind, component.name).factory, capability, default)
+    return registry.get(component.kind, component.name).capability(capability, default)
 
 
 def offering(registry: Registry, capability: str, kind: str = "encoders") -> str:
     """The installed components of ``kind`` whose factory declares ``capability``, for a hint."""
-    names = [n for n in registry.names(kind) if getattr(registry.get(kind, n).factory, capability, False)]
+    names = [n for n in registry.names(kind) if registry.get(kind, n).capability(capability, False)]
     return ", ".join(f'"{n}"' for n in names) if names else f"none is installed ({kind} that declare {capability})"
 
 
@@ -96,7 +98,7 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
         if declared(registry, phase.gradient, "needs_all_tasks") and \
                 declared(registry, phase.sampler, "one_task_per_step", True):
             joint = " or ".join(f'sampler = "{n}"' for n in registry.names("samplers")
-                                if not getattr(registry.get("samplers", n).factory, "one_task_per_step", True))
+                                if not registry.get("samplers", n).capability("one_task_per_step", True))
             problems.append((where("gradient"), f"\"{phase.gradient.name}\" combines every task's gradient "
                              f"in the same step, but sampler \"{phase.sampler.name}\" draws one task per step, "
                              "so it would never see two tasks at once; use a sampler that puts several tasks "
@@ -116,10 +118,10 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
                     problems.append((f"{where}[{i}].tasks", f"unknown task {task!r}{closest(task, spec.tasks)}; "
                                      f"tasks: {', '.join(spec.tasks)}"))
     for i, adapter in enumerate(spec.adapters):
-        if declared(registry, adapter, "needs_layer_slots") and not declared(registry, spec.encoder, "layer_slots"):
+        if declared(registry, adapter, "needs_layer_slots") and not declared(registry, spec.encoder, "has_layer_slots"):
             problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
                              f"which encoder \"{spec.encoder.name}\" does not offer; use an encoder that does: "
-                             f"{offering(registry, 'layer_slots')}"))
+                             f"{offering(registry, 'has_layer_slots')}"))
     for i, regularizer in enumerate(spec.regularizers):
         if declared(registry, regularizer, "needs_embeddings") and \
                 not declared(registry, spec.encoder, "input_embeddings"):
@@ -140,7 +142,7 @@ def _requirements(spec: Spec, registry: Registry, phase) -> list[tuple[str, str]
     for where, component in parts:
         for need in sorted(declared(registry, component, "requires", ())):
             if need not in offered:
-                providers = [c.name for c in registry.all() if need in getattr(c.factory, "provides", ())]
+                providers = [c.name for c in registry.all() if need in c.capability("provides", ())]
                 hint = (f"add one that provides it: {', '.join(providers)}" if providers
                         else "no installed plugin provides it")
                 problems.append((where, f"\"{component.name}\" needs \"{need}\", which no component of this "
@@ -152,7 +154,7 @@ def export_problem(spec: Spec, registry: Registry) -> str | None:
     """Why the run's encoder cannot be written as a plain Hugging Face model, or None."""
     for adapter in spec.adapters:
         if not declared(registry, adapter, "mergeable"):
-            merging = [c.name for c in registry.all() if c.kind == "adapters" and getattr(c.factory, "mergeable", False)]
+            merging = [c.name for c in registry.all() if c.kind == "adapters" and c.capability("mergeable", False)]
             instead = (f", or train with an adapter that merges ({', '.join(merging)})" if merging else "")
             return (f"the run uses adapter \"{adapter.name}\", which changes the network in a way a plain Hugging "
                     "Face model cannot express (its plugin does not declare mergeable: it cannot be folded into "
@@ -183,7 +185,7 @@ def check_task(name: str, task: TaskSpec, registry: Registry):
         yield (f"{path}.loss", f"\"{task.loss.name}\" trains {', '.join(sorted(loss.accepts))} outputs, "
                f"but head \"{task.head.name}\" gives {kind} outputs")
     for i, metric in enumerate(task.metrics):
-        accepts = getattr(registry.get("metrics", metric.name).factory, "accepts", None) or ()
+        accepts = registry.get("metrics", metric.name).capability("accepts", None) or ()
         if kind not in accepts:
             yield (f"{path}.metrics[{i}]", f"\"{metric.name}\" scores {', '.join(sorted(accepts))} "
                    f"predictions, but head \"{task.head.name}\" gives {kind} ones")

@@ -86,13 +86,6 @@ class Strings(Sequence):
     def __init__(self, count: int, blob: np.ndarray | None = None, offsets: np.ndarray | None = None):
         self.count, self.blob, self.offsets = count, blob, offsets
 
-    @classmethod
-    def from_list(cls, items: list[str]) -> "Strings":
-        encoded = [s.encode("utf-8") for s in items]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        return cls(len(items), np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
-
     def __len__(self) -> int:
         return self.count
 

@@ -29,7 +29,7 @@ def label_spec(registry: Registry, head: ComponentSpec) -> LabelSpec:
 
 
 def pair_encoding(registry: Registry, head: ComponentSpec) -> str:
-    return getattr(registry.get("heads", head.name).factory, "pair_encoding", "cross")
+    return registry.get("heads", head.name).capability("pair_encoding", "cross")
 
 
 def build_model(spec: Spec, registry: Registry, restore: Path | None = None) -> MultitaskModel:

@@ -1,7 +1,7 @@
 """The hooks a plugin may implement.
 
 Every hook only registers components: it is called once with a ``register``
-callable and calls ``register(name, factory, config=ConfigClass)`` for each
+callable and calls ``register(name, factory, options=OptionsClass)`` for each
 component it provides. What each kind of factory receives and must return is
 in docs/plugins.md and mtbert/plugin/interfaces.py.
 """
@@ -24,10 +24,15 @@ KIND_HOOKS = {
     "optimizers": "register_optimizers",
     "schedulers": "register_schedulers",
     "balancers": "register_balancers",
-    "gradient_methods": "register_gradient_methods",
+    "gradients": "register_gradients",
     "regularizers": "register_regularizers",
     "adapters": "register_adapters",
 }
+# One vocabulary: the kind "gradients" (folder plugins/gradients/, entry points gradients.*, spec key
+# `gradient`). Plugins written against the first name keep working: their hook registers into it,
+# and the registry answers to the old kind name.
+LEGACY_HOOKS = {"register_gradient_methods": "gradients"}
+KIND_ALIASES = {"gradient_methods": "gradients"}
 
 
 @hookspec
@@ -76,8 +81,13 @@ def register_balancers(register):
 
 
 @hookspec
+def register_gradients(register):
+    """Register gradient methods: per-task losses -> gradients on the shared parameters."""
+
+
+@hookspec
 def register_gradient_methods(register):
-    """Register gradient treatments: per-task losses -> gradients on the shared parameters."""
+    """The first name of ``register_gradients`` (still called, into the same kind)."""
 
 
 @hookspec

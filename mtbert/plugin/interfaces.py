@@ -45,7 +45,7 @@ class LabelSpec:
         return self.kind in ("regression", "similarity")
 
 
-# -- encoders: factory(config, *, restore: Path | None = None) -> Encoder -------
+# -- encoders: factory(options, *, restore: Path | None = None) -> Encoder -------
 class Encoder(nn.Module):
     """Token ids -> :class:`Encoded`.
 
@@ -53,8 +53,9 @@ class Encoder(nn.Module):
     ``save_architecture``: build the same architecture (weights are loaded by
     the core afterwards) without touching the original source.
 
-    A factory with the attribute ``layer_slots = True`` promises encoders with
-    ``layer_slots``; validation refuses adapters that need slots otherwise.
+    A component declaring ``has_layer_slots = True`` (a class attribute of the
+    class it registers) promises encoders with ``layer_slots``; validation
+    refuses adapters that need slots otherwise.
     """
 
     hidden_size: int
@@ -78,7 +79,7 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
-# -- readers: factory(config) -> Reader ------------------------------------------
+# -- readers: factory(options) -> Reader ------------------------------------------
 class Reader:
     """A data file -> (line number, {column: string}) rows.
 
@@ -102,7 +103,7 @@ class Reader:
         return file_fingerprint(path)
 
 
-# -- heads: factory(config, hidden_size) -> Head ------------------------------------
+# -- heads: factory(options, hidden_size) -> Head ------------------------------------
 class Head(nn.Module):
     """Encoder output -> task output (logits or scores).
 
@@ -154,7 +155,7 @@ class SentenceEmbedding:
     normalize: bool = False
 
 
-# -- losses: factory(config, labels: LabelSpec) -> Loss ------------------------------
+# -- losses: factory(options, labels: LabelSpec) -> Loss ------------------------------
 class Loss:
     accepts: ClassVar[frozenset[str]]  # head output kinds it can train
 
@@ -162,7 +163,7 @@ class Loss:
         raise NotImplementedError
 
 
-# -- metrics: factory(config, labels: LabelSpec) -> Metric ----------------------------
+# -- metrics: factory(options, labels: LabelSpec) -> Metric ----------------------------
 class Metric:
     """Predictions vs labels -> a float; ``range`` maps it to [0, 1] for the overall score."""
 
@@ -177,7 +178,7 @@ class Metric:
         return (value - low) / (high - low)
 
 
-# -- samplers: factory(config, context: SamplerContext) -> Sampler -------------------
+# -- samplers: factory(options, context: SamplerContext) -> Sampler -------------------
 @attrs.frozen
 class SamplerContext:
     sizes: dict[str, int]  # training examples per task (N_t)
@@ -216,7 +217,7 @@ class Sampler:
         return [[names[i]] for i in picks.tolist()]
 
 
-# -- optimizers: factory(config, groups: list[ParamGroup]) -> torch.optim.Optimizer ---
+# -- optimizers: factory(options, groups: list[ParamGroup]) -> torch.optim.Optimizer ---
 @attrs.frozen
 class ParamGroup:
     params: list[nn.Parameter]
@@ -225,7 +226,7 @@ class ParamGroup:
     name: str
 
 
-# -- schedulers: factory(config, optimizer, total_steps) -> torch LRScheduler ---------
+# -- schedulers: factory(options, optimizer, total_steps) -> torch LRScheduler ---------
 
 
 # -- what every component acting inside the step is told ---------------------------
@@ -270,7 +271,7 @@ class TaskInfo:
     output_kind: str  # one of OUTPUT_KINDS (classification or real-valued outputs)
 
 
-# -- balancers: factory(config) -> Balancer -------------------------------------------
+# -- balancers: factory(options) -> Balancer -------------------------------------------
 class Balancer(nn.Module):
     """The step's ``{task: loss}`` -> ``{task: weighted loss}``, before the gradient method.
 
@@ -288,7 +289,7 @@ class Balancer(nn.Module):
     saved in the training state and the checkpoint; kept across phases), and
     its buffers and ``get_extra_state`` (JSON values or tensors) are saved and
     restored the same way. ``setup`` runs once per run, before any
-    ``load_state_dict`` of a resumed run. The hooks ``step_end``,
+    ``load_state_dict`` of a resumed run. The hooks ``after_step``,
     ``epoch_end`` and ``evaluation_end`` tell it what it needs to adapt.
     """
 
@@ -315,9 +316,15 @@ class Balancer(nn.Module):
     def weigh(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def after_step(self, losses: dict[str, Tensor]) -> None:
+        """After each optimizer update (the moment a regularizer's ``after_step`` names too), with
+        each task's mean loss over the step's micro-batches on this process (detached, on the
+        device; no read-back here). Calls ``step_end``, this hook's first name, which balancers
+        written against it override."""
+        self.step_end(losses)
+
     def step_end(self, losses: dict[str, Tensor]) -> None:
-        """After each optimizer update, with each task's mean loss over the step's
-        micro-batches on this process (detached, on the device; no read-back here)."""
+        """The first name of ``after_step``: still called by it."""
 
     def epoch_end(self, epoch: int, losses: dict[str, Tensor]) -> None:
         """After each epoch of a phase, with each task's mean training loss over it,
@@ -331,7 +338,7 @@ class Balancer(nn.Module):
         return {}
 
 
-# -- gradient methods: factory(config) -> GradientMethod -----------------------------
+# -- gradient methods: factory(options) -> GradientMethod -----------------------------
 class GradientMethod:
     """Per-task losses of one (micro-)step -> gradients.
 
@@ -370,7 +377,7 @@ class GradientMethod:
         return {}
 
 
-# -- regularizers: factory(config) -> Regularizer -----------------------------------
+# -- regularizers: factory(options) -> Regularizer -----------------------------------
 class Regularizer:
     """An extra loss term per task batch, and an optional update after each step.
 
@@ -397,14 +404,14 @@ class Regularizer:
         return {}
 
 
-# -- adapters: factory(config, encoder, tasks: list[str]) -> nn.Module ----------------
+# -- adapters: factory(options, encoder, tasks: list[str]) -> nn.Module ----------------
 # The factory either installs the adapter inside the encoder (a branch in each
 # of ``encoder.layer_slots``, or wrapped linears) or gives the returned module
 # a ``transform(encoded, task) -> Encoded`` method, which the model applies to
 # the encoder's output before the heads. It returns a module holding the
 # adapter's parameters. A module with ``task_specific = True`` is left out of
-# the shared parameters that gradient methods treat. A factory attribute
-# ``needs_layer_slots = True`` makes validation refuse encoders without slots;
+# the shared parameters that gradient methods treat. A declared capability
+# (class attribute) ``needs_layer_slots = True`` makes validation refuse encoders without slots;
 # ``mergeable = True`` promises a module with ``merge(encoder) -> str`` that
 # folds the adapter into the encoder's own weights (what `mtbert export` needs)
 # and returns a note on what it did. Register each parameter once: a branch installed in the encoder should hold

@@ -77,7 +77,7 @@ def build_registry(entry_points: Iterable[metadata.EntryPoint] | None = None,
             continue
         plugins[key] = (name, package)
 
-    for kind, hook_name in hookspecs.KIND_HOOKS.items():
+    for kind, hook_name in [*hookspecs.KIND_HOOKS.items(), *((k, h) for h, k in hookspecs.LEGACY_HOOKS.items())]:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             name, package = plugins[impl.plugin_name]
             register = registry.registrar(kind, name, package)

@@ -23,12 +23,21 @@ REQUIRED = {
     "samplers": ("plan", "steps_per_epoch"),
     "optimizers": ("step", "zero_grad", "param_groups", "defaults", "state_dict", "load_state_dict"),
     "schedulers": ("step", "get_last_lr", "state_dict", "load_state_dict"),
-    "balancers": ("setup", "weigh", "step_end", "epoch_end", "evaluation_end", "stats", "parameters",
+    "balancers": ("setup", "weigh", "after_step", "epoch_end", "evaluation_end", "stats", "parameters",
                   "state_dict", "load_state_dict"),
-    "gradient_methods": ("setup", "backward", "finish"),
+    "gradients": ("setup", "backward", "finish"),
     "regularizers": ("setup", "penalty", "after_step", "stats"),
     "adapters": ("parameters",),
 }
+
+# Methods renamed for one vocabulary; an object with only the first name still meets the interface.
+FIRST_NAMES = {"after_step": "step_end"}
+
+
+def call(obj, method: str, *args):
+    """``obj.method(*args)``, or the method's first name on a plugin written before the rename."""
+    bound = getattr(obj, method, None) or getattr(obj, FIRST_NAMES[method])
+    return bound(*args)
 
 
 def make(registry: Registry, component, *args, **kwargs) -> Any:
@@ -44,7 +53,7 @@ def make(registry: Registry, component, *args, **kwargs) -> Any:
     except ValueError:  # no signature to check (a builtin): just call it
         pass
     obj = entry.factory(component.options, *args, **kwargs)
-    missing = [a for a in REQUIRED[component.kind] if not hasattr(obj, a)]
+    missing = [a for a in REQUIRED[entry.kind] if not hasattr(obj, a) and not hasattr(obj, FIRST_NAMES.get(a, a))]
     if missing:
         raise PluginError(f"{singular(component.kind)} \"{component.name}\" from plugin '{entry.plugin}' "
                           f"(package {entry.package}) returned {type(obj).__name__}, which lacks "

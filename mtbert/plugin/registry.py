@@ -1,7 +1,9 @@
 """kind -> name -> component, as registered by plugins.
 
 A component is a factory (usually a class) plus the attrs class that holds
-its options. The registry knows kinds, never particular methods.
+its options, and the class that declares its capabilities (the factory
+itself when it is a class). The registry knows kinds, never particular
+methods.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ from typing import Any, Callable
 import attrs
 
 from mtbert.base.errors import PluginError
-from mtbert.plugin.hookspecs import KIND_HOOKS
+from mtbert.plugin.hookspecs import KIND_ALIASES, KIND_HOOKS
 from mtbert.plugin.structure import closest
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+# capabilities renamed for one vocabulary -> their first name (``layer_slots`` is also the encoder's
+# list of slots; the capability says whether there are any)
+FIRST_CAPABILITY_NAMES = {"has_layer_slots": "layer_slots"}
+_MISSING = object()
 
 
 def singular(kind: str) -> str:
-    """'losses' -> 'loss', 'gradient_methods' -> 'gradient method'."""
+    """'losses' -> 'loss', 'gradients' -> 'gradient method'."""
+    kind = KIND_ALIASES.get(kind, kind)
+    if kind == "gradients":
+        return "gradient method"
     word = kind[:-2] if kind.endswith("sses") else kind[:-1]
     return word.replace("_", " ")
 
@@ -34,9 +43,25 @@ class Component:
     kind: str
     name: str
     factory: Callable[..., Any]
-    config: type
+    options: type  # the attrs class of its spec options
     plugin: str  # the entry point (plugin module) that registered it
     package: str  # the distribution that provides that plugin
+    declares: Any = None  # the class whose attributes are its capabilities (default: a class factory)
+
+    @property
+    def config(self) -> type:
+        """The first name of ``options``."""
+        return self.options
+
+    def capability(self, name: str, default=None):
+        """What the component declares for ``name`` (a class attribute of ``declares``, or of a class
+        factory; an attribute set on a factory function in plugins written before), or ``default``."""
+        source = self.declares if self.declares is not None else self.factory
+        value = getattr(source, name, _MISSING)
+        if value is _MISSING and name in FIRST_CAPABILITY_NAMES:  # a bool under its first name only
+            value = getattr(source, FIRST_CAPABILITY_NAMES[name], _MISSING)
+            value = value if isinstance(value, bool) else _MISSING
+        return default if value is _MISSING else value
 
     @property
     def description(self) -> str:
@@ -59,13 +84,19 @@ class Registry:
     # -- filling -----------------------------------------------------------
     def registrar(self, kind: str, plugin: str, package: str) -> Callable[..., None]:
         """The ``register`` callable handed to one plugin's hook for one kind."""
+        kind = KIND_ALIASES.get(kind, kind)
 
-        def register(name: str, factory: Callable[..., Any], config: type | None = None) -> None:
-            problem = self._check_entry(kind, name, factory, config)
+        def register(name: str, factory: Callable[..., Any], options: type | None = None, *,
+                     declares: type | None = None, config: type | None = None) -> None:
+            """``options``: the attrs class of the spec's options (``config``, its first name);
+            ``declares``: the class whose attributes declare the capabilities, when ``factory`` is a
+            function (a class factory declares its own)."""
+            options = options if options is not None else config
+            problem = self._check_entry(kind, name, factory, options)
             if problem:
                 self.failures.append(PluginFailure(plugin, package, problem))
                 return
-            self._items[kind][name] = Component(kind, name, factory, config or NoOptions, plugin, package)
+            self._items[kind][name] = Component(kind, name, factory, options or NoOptions, plugin, package, declares)
 
         return register
 
@@ -75,7 +106,7 @@ class Registry:
         if not callable(factory):
             return f"{kind}.{name}: factory {factory!r} is not callable"
         if config is not None and not attrs.has(config):
-            return f"{kind}.{name}: config {config!r} is not an attrs class"
+            return f"{kind}.{name}: options {config!r} is not an attrs class"
         existing = self._items[kind].get(name)
         if existing is not None:
             return (f"{kind}.{name}: already registered by plugin '{existing.plugin}' "
@@ -87,14 +118,14 @@ class Registry:
         return list(self._items)
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self._items[kind])
+        return sorted(self._items[KIND_ALIASES.get(kind, kind)])
 
     def has(self, kind: str, name: str) -> bool:
-        return name in self._items.get(kind, {})
+        return name in self._items.get(KIND_ALIASES.get(kind, kind), {})
 
     def get(self, kind: str, name: str) -> Component:
         try:
-            return self._items[kind][name]
+            return self._items[KIND_ALIASES.get(kind, kind)][name]
         except KeyError:
             raise PluginError(self.unknown(kind, name)) from None
 

@@ -5,9 +5,10 @@ Built-in users: PCGrad and GradVac (plugins/gradients/).
 :class:`PerTaskGradients` keeps one flat float32 row per task of the step, ``[T, P]`` for
 the P shared parameter values, and sums into it every micro-batch's gradient
 of that task (one ``autograd.grad`` per task loss). ``finish`` hands the rows
-of the tasks seen since the last optimizer step to the subclass's
-``adjust(G)``, which returns the adjusted per-task rows; their sum becomes the
-shared parameters' ``.grad``. So with gradient accumulation the surgery acts
+of the tasks seen since the last optimizer step to the subclass: its
+``coefficients(gram, present)`` (the adjusted rows as combinations of the
+rows, from the blocks' Gram matrices) or ``update(G, present)`` (the update
+itself), and the adjusted rows' sum becomes the shared parameters' ``.grad``. So with gradient accumulation the surgery acts
 on the accumulated per-task gradients, once per optimizer step. Private
 parameters (heads, task-specific adapters) just receive each task's gradient.
 
@@ -214,11 +215,6 @@ class PerTaskGradients(GradientMethod):
         positions ``present`` in ``self.tasks``) -> ([B, T, T] coefficients a with
         g_i' = sum_j a[b, i, j] g_j in block b, fraction of (i, j, block) checks that fired)."""
         raise NotImplementedError
-
-    def adjust(self, G: Tensor, present: list[int]) -> tuple[Tensor, Tensor]:
-        """The adjusted per-task rows [T, P] themselves (what ``finish`` never forms; for tests)."""
-        coef, fired = self.coefficients(self.block_gram(G), present)
-        return torch.stack([self.mix(coef[:, i], G) for i in range(G.shape[0])]), fired
 
     # -- block algebra ---------------------------------------------------------------------------
     def block_gram(self, G: Tensor, exact: bool = True) -> Tensor:

@@ -10,7 +10,7 @@ step's timeline"):
 2. **the update**: gradients averaged across processes, the gradient
    method's ``finish``, clipping, the optimizer (skipped on the device when
    a loss or the gradient is not finite), the schedule, the regularizers'
-   ``after_step`` and the balancer's ``step_end``; a skipped step is rolled
+   ``after_step`` and the balancer's ``after_step``; a skipped step is rolled
    back for all of them (mtbert/training/rollback.py);
 3. **after the step**, in this order: log, the end of the epoch when the
    step ended one (the balancer's ``epoch_end``), evaluate, save the
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from mtbert.base import distributed
 from mtbert.base.atomic import write_file
 from mtbert.model.build import build_model, build_tasks, make
+from mtbert.plugin.making import call
 from mtbert.runs.checkpoint import find_checkpoint, load_weights
 from mtbert.training.counters import Counters
 from mtbert.training.datafiles import DataFiles
@@ -234,7 +235,7 @@ class Trainer:
         epoch = self.counters.epoch
         if self.evaluator.evaluated_at != self.step:
             self._evaluate(epoch)
-        self.writer.finish(self.model, self.balancers.modules, self.evaluator, {"step": self.step, "epoch": epoch})
+        self.writer.test_predictions(self.model, self.balancers.modules, self.evaluator, {"step": self.step, "epoch": epoch})
         self.counters.finished = True
         self._save_state()
 
@@ -363,7 +364,7 @@ class Trainer:
         parts.optimizer.zero_grad(set_to_none=True)
         for regularizer in self.regularizers.values():
             regularizer.after_step(self.model)
-        parts.balancer.step_end(losses)
+        call(parts.balancer, "after_step", losses)
         self.rollback.restore_if(bad, self._step_parts())  # a skipped step never happened for them
         self.meter.end_step(bad)
         self.counters.step += 1

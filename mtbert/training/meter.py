@@ -3,7 +3,7 @@
 Every value stays on the device until ``log``, which reads them all back at
 once (one read-back per ``train.log_every`` steps, never one per step). The
 meter also keeps each task's loss over the current optimizer step and over
-the current epoch, which balancers are told at ``step_end`` / ``epoch_end``.
+the current epoch, which balancers are told at ``after_step`` / ``epoch_end``.
 A step the loop skips (non-finite) counts in neither the logged losses nor
 the epoch's: ``end_step(bad)`` folds the step in with a weight of 0 or 1 on
 the device, so one NaN does not make an epoch's mean (and DWA's weights) NaN.

@@ -84,7 +84,7 @@ class RunWriter:
                  for name, tensor in balancer.state_dict().items() if hasattr(tensor, "shape")}
         save_checkpoint(model, self.run.checkpoint, meta, extra)
 
-    def finish(self, model, balancers: dict, evaluator, meta: dict) -> None:
+    def test_predictions(self, model, balancers: dict, evaluator, meta: dict) -> None:
         """Test predictions from the best checkpoint (or the last weights when nothing was scored).
         The best weights go into the model only for the predictions: it keeps the last step's
         weights afterwards, as on every other rank."""

@@ -70,4 +70,4 @@ def build_bilstm(options: BiLstmOptions, encoder, tasks: list[str]) -> BiLstm:
 
 @hookimpl
 def register_adapters(register):
-    register("bilstm", build_bilstm, config=BiLstmOptions)
+    register("bilstm", build_bilstm, options=BiLstmOptions)

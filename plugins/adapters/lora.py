@@ -81,6 +81,8 @@ class LoraLinear(nn.Module):
 class Lora(nn.Module):
     """The LoRA factors of every wrapped linear, by module name ('.' written '-')."""
 
+    mergeable = True  # merge() folds it into the encoder's weights (mtbert export)
+
     def __init__(self, factors: dict[str, LoraFactors], scale: float):
         super().__init__()
         self.wrapped = list(factors)  # the encoder's module names, in order
@@ -134,9 +136,7 @@ def build_lora(options: LoraOptions, encoder: nn.Module, tasks: list[str]) -> Lo
     return Lora(factors, scale)
 
 
-build_lora.mergeable = True  # Lora.merge folds it into the encoder's weights (mtbert export)
-
 
 @hookimpl
 def register_adapters(register):
-    register("lora", build_lora, config=LoraOptions)
+    register("lora", build_lora, options=LoraOptions, declares=Lora)

@@ -131,6 +131,7 @@ class Pals(nn.Module):
     """Every task's PAL (the module the model holds; private to the tasks)."""
 
     task_specific = True
+    needs_layer_slots = True  # a branch in every layer: validation refuses encoders without slots
 
     def __init__(self, hidden: int, size: int, heads: int, layers: int, tasks: list[str], dropout: float,
                  gelu: bool):
@@ -184,9 +185,7 @@ def build_pals(options: PalsOptions, encoder, tasks: list[str]) -> Pals:
     return pals
 
 
-build_pals.needs_layer_slots = True
-
 
 @hookimpl
 def register_adapters(register):
-    register("pals", build_pals, config=PalsOptions)
+    register("pals", build_pals, options=PalsOptions, declares=Pals)

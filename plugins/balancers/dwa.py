@@ -67,4 +67,4 @@ class Dwa(Balancer):
 
 @hookimpl
 def register_balancers(register):
-    register("dwa", Dwa, config=DwaOptions)
+    register("dwa", Dwa, options=DwaOptions)

@@ -17,7 +17,7 @@ gradient J^T delta of softmax at xi (J = diag(z) - z z^T), plus weight decay
 gamma xi (torch's Adam with ``weight_decay = gamma``, as the official code).
 gamma = 0.01, the official code's default: it pulls the logits back toward
 equal weights, so a task's weight does not stay high after its loss caught
-up. The first update is the official code's first: the first ``step_end``
+up. The first update is the official code's first: the first ``after_step``
 has no earlier losses to compare with, so it takes no Adam step at all (an
 empty step there would count in Adam's bias correction and make every later
 update smaller: 0.744 of the official first one). In general a step takes an
@@ -85,7 +85,7 @@ class Famo(Balancer):
         coefficients = z / (c * gaps)
         return {t: losses[t] * (coefficients[k] * self.task_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
 
-    def step_end(self, losses: dict[str, Tensor]) -> None:
+    def after_step(self, losses: dict[str, Tensor]) -> None:
         idx = [self.names.index(t) for t in losses]
         now = torch.stack([losses[t].float() for t in losses])
         self.context.average([now])  # every rank moves the logits alike
@@ -128,4 +128,4 @@ class Famo(Balancer):
 
 @hookimpl
 def register_balancers(register):
-    register("famo", Famo, config=FamoOptions)
+    register("famo", Famo, options=FamoOptions)

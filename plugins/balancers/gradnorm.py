@@ -124,7 +124,7 @@ class GradNorm(Balancer):
         self.context.average([averaged])
         return averaged
 
-    def step_end(self, losses: dict[str, Tensor]) -> None:
+    def after_step(self, losses: dict[str, Tensor]) -> None:
         with torch.no_grad():  # sum_t w_t = T, as the paper renormalises after each update
             self.weights.mul_(len(self.names) / self.weights.sum().clamp_min(1e-12))
 
@@ -134,4 +134,4 @@ class GradNorm(Balancer):
 
 @hookimpl
 def register_balancers(register):
-    register("gradnorm", GradNorm, config=GradNormOptions)
+    register("gradnorm", GradNorm, options=GradNormOptions)

@@ -57,4 +57,4 @@ class ImtlL(Balancer):
 
 @hookimpl
 def register_balancers(register):
-    register("imtl_l", ImtlL, config=ImtlLOptions)
+    register("imtl_l", ImtlL, options=ImtlLOptions)

@@ -64,7 +64,7 @@ class Rlw(Balancer):
             self.last[i] = w[k]
         return {t: losses[t] * (w[k] * self.task_weights[i]) for k, (t, i) in enumerate(zip(losses, idx))}
 
-    def step_end(self, losses: dict[str, Tensor]) -> None:
+    def after_step(self, losses: dict[str, Tensor]) -> None:
         self.draw = None  # the next step draws anew
 
     def get_extra_state(self) -> dict:
@@ -79,4 +79,4 @@ class Rlw(Balancer):
 
 @hookimpl
 def register_balancers(register):
-    register("rlw", Rlw, config=RlwOptions)
+    register("rlw", Rlw, options=RlwOptions)

@@ -76,4 +76,4 @@ class Uncertainty(Balancer):
 
 @hookimpl
 def register_balancers(register):
-    register("uncertainty", Uncertainty, config=UncertaintyOptions)
+    register("uncertainty", Uncertainty, options=UncertaintyOptions)

@@ -42,6 +42,19 @@ class HfOptions:
 
 
 class HfEncoder(Encoder):
+    # Capabilities (read by validation through the registry, declared here once)
+    has_layer_slots = False  # no per-layer adapter slots: PALs need minbert
+    input_embeddings = True  # embed(): the model's input embeddings (what SMART perturbs)
+    hf_export = True  # save_hf(): `mtbert export` writes it back as the transformers model it is
+
+    @staticmethod
+    def positions(options: HfOptions) -> int | None:
+        """The longest input this encoder takes, when its config can be read without the network
+        (validation checks data.max_length against it)."""
+        if options.config is not None:
+            return checkpoints.positions(options.config)
+        return checkpoints.local_positions(options.pretrained)
+
     def __init__(self, model: nn.Module, tokenizer):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
@@ -124,19 +137,6 @@ def _with_base(encoder: HfEncoder, options: HfOptions) -> HfEncoder:
     return encoder
 
 
-def hf_positions(options: HfOptions) -> int | None:
-    """The longest input this encoder takes, when its config can be read without the network."""
-    if options.config is not None:
-        return checkpoints.positions(options.config)
-    return checkpoints.local_positions(options.pretrained)
-
-
-build_hf.positions = hf_positions  # validation checks data.max_length against it
-build_hf.layer_slots = False  # no per-layer adapter slots: PALs need minbert
-build_hf.input_embeddings = True  # embed(): the model's input embeddings (what SMART perturbs)
-build_hf.hf_export = True  # save_hf(): `mtbert export` writes it back as the transformers model it is
-
-
 @hookimpl
 def register_encoders(register):
-    register("hf", build_hf, config=HfOptions)
+    register("hf", build_hf, options=HfOptions, declares=HfEncoder)

@@ -56,11 +56,24 @@ def _architecture(options: MinBertOptions, hf_config: dict) -> BertConfig:
     return attrs.evolve(config, **overrides)
 
 
+class MinBertEncoder(MinBert):
+    """Our BERT as this plugin's encoder: what it offers, declared once."""
+
+    has_layer_slots = True  # PALs and other per-layer adapters can plug in
+    input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
+    hf_export = True  # save_hf(): a plain transformers BertModel
+
+    @staticmethod
+    def positions(options: MinBertOptions) -> int | None:
+        """The checkpoint's position table, when it is here (validation checks data.max_length)."""
+        return pretrained.local_positions(options.pretrained)
+
+
 def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> MinBert:
     """Our own BERT in one file, loaded from Hugging Face safetensors."""
     source = Path(restore) if restore is not None else pretrained.resolve(options.pretrained)
     hf_config = pretrained.read_config(source)
-    model = MinBert(_architecture(options, hf_config), pretrained.load_tokenizer(source))
+    model = MinBertEncoder(_architecture(options, hf_config), pretrained.load_tokenizer(source))
     if restore is None and options.init == "pretrained":
         ignored = load_hf_weights(model, pretrained.read_safetensors(source), str(source))
         if ignored:
@@ -70,12 +83,6 @@ def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> Mi
     return model
 
 
-build_minbert.positions = lambda options: pretrained.local_positions(options.pretrained)  # vs data.max_length
-build_minbert.layer_slots = True  # PALs and other per-layer adapters can plug in
-build_minbert.input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
-build_minbert.hf_export = True  # save_hf(): a plain transformers BertModel
-
-
 @hookimpl
 def register_encoders(register):
-    register("minbert", build_minbert, config=MinBertOptions)
+    register("minbert", build_minbert, options=MinBertOptions, declares=MinBertEncoder)

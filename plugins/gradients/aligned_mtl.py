@@ -83,5 +83,5 @@ class AlignedMTL(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("aligned_mtl", AlignedMTL, config=AlignedMTLOptions)
+def register_gradients(register):
+    register("aligned_mtl", AlignedMTL, options=AlignedMTLOptions)

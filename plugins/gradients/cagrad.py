@@ -137,5 +137,5 @@ class CAGrad(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("cagrad", CAGrad, config=CAGradOptions)
+def register_gradients(register):
+    register("cagrad", CAGrad, options=CAGradOptions)

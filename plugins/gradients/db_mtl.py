@@ -84,5 +84,5 @@ class DBMTL(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("db_mtl", DBMTL, config=DBMTLOptions)
+def register_gradients(register):
+    register("db_mtl", DBMTL, options=DBMTLOptions)

@@ -115,5 +115,5 @@ class GradDrop(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("graddrop", GradDrop, config=GradDropOptions)
+def register_gradients(register):
+    register("graddrop", GradDrop, options=GradDropOptions)

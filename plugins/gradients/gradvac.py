@@ -80,5 +80,5 @@ class GradVac(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("gradvac", GradVac, config=GradVacOptions)
+def register_gradients(register):
+    register("gradvac", GradVac, options=GradVacOptions)

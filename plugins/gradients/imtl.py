@@ -75,5 +75,5 @@ class Imtl(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("imtl", Imtl, config=ImtlOptions)
+def register_gradients(register):
+    register("imtl", Imtl, options=ImtlOptions)

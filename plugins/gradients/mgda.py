@@ -85,5 +85,5 @@ class Mgda(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("mgda", Mgda, config=MgdaOptions)
+def register_gradients(register):
+    register("mgda", Mgda, options=MgdaOptions)

@@ -101,5 +101,5 @@ class MgdaUb(GradientMethod):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("mgda_ub", MgdaUb, config=MgdaUbOptions)
+def register_gradients(register):
+    register("mgda_ub", MgdaUb, options=MgdaUbOptions)

@@ -136,5 +136,5 @@ class NashMTL(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("nash_mtl", NashMTL, config=NashMTLOptions)
+def register_gradients(register):
+    register("nash_mtl", NashMTL, options=NashMTLOptions)

@@ -50,5 +50,5 @@ class PCGrad(PerTaskGradients):
 
 
 @hookimpl
-def register_gradient_methods(register):
-    register("pcgrad", PCGrad, config=PCGradOptions)
+def register_gradients(register):
+    register("pcgrad", PCGrad, options=PCGradOptions)

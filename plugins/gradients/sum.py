@@ -22,5 +22,5 @@ class Sum(GradientMethod):
 
 
 @hookimpl
-def register_gradient_methods(register):
+def register_gradients(register):
     register("sum", Sum)

@@ -196,6 +196,6 @@ class Cosine(Head):
 
 @hookimpl
 def register_heads(register):
-    register("bi_classifier", BiClassifier, config=BiClassifierOptions)
-    register("bi_binary", BiBinary, config=BiBinaryOptions)
-    register("cosine", Cosine, config=CosineOptions)
+    register("bi_classifier", BiClassifier, options=BiClassifierOptions)
+    register("bi_binary", BiBinary, options=BiBinaryOptions)
+    register("cosine", Cosine, options=CosineOptions)

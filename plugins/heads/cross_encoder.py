@@ -156,6 +156,6 @@ class Regression(LinearHead):
 
 @hookimpl
 def register_heads(register):
-    register("classifier", Classifier, config=ClassifierOptions)
-    register("binary", Binary, config=BinaryOptions)
-    register("regression", Regression, config=RegressionOptions)
+    register("classifier", Classifier, options=ClassifierOptions)
+    register("binary", Binary, options=BinaryOptions)
+    register("regression", Regression, options=RegressionOptions)

@@ -33,4 +33,4 @@ class BinaryCrossEntropy(Loss):
 
 @hookimpl
 def register_losses(register):
-    register("bce", BinaryCrossEntropy, config=BceOptions)
+    register("bce", BinaryCrossEntropy, options=BceOptions)

@@ -48,4 +48,4 @@ class CoSENT(Loss):
 
 @hookimpl
 def register_losses(register):
-    register("cosent", CoSENT, config=CosentOptions)
+    register("cosent", CoSENT, options=CosentOptions)

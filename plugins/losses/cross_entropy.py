@@ -31,4 +31,4 @@ class CrossEntropy(Loss):
 
 @hookimpl
 def register_losses(register):
-    register("cross_entropy", CrossEntropy, config=CrossEntropyOptions)
+    register("cross_entropy", CrossEntropy, options=CrossEntropyOptions)

@@ -46,4 +46,4 @@ class OrdinalLogLoss(Loss):
 
 @hookimpl
 def register_losses(register):
-    register("ordinal", OrdinalLogLoss, config=OrdinalOptions)
+    register("ordinal", OrdinalLogLoss, options=OrdinalOptions)

@@ -44,4 +44,4 @@ def build_adamw(options: AdamWOptions, groups: list[ParamGroup]) -> torch.optim.
 
 @hookimpl
 def register_optimizers(register):
-    register("adamw", build_adamw, config=AdamWOptions)
+    register("adamw", build_adamw, options=AdamWOptions)

@@ -32,4 +32,4 @@ def build_sgd(options: SgdOptions, groups: list[ParamGroup]) -> torch.optim.Opti
 
 @hookimpl
 def register_optimizers(register):
-    register("sgd", build_sgd, config=SgdOptions)
+    register("sgd", build_sgd, options=SgdOptions)

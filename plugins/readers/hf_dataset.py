@@ -120,4 +120,4 @@ class HfDatasetReader(Reader):
 
 @hookimpl
 def register_readers(register):
-    register("hf_dataset", HfDatasetReader, config=HfDatasetOptions)
+    register("hf_dataset", HfDatasetReader, options=HfDatasetOptions)

@@ -47,4 +47,4 @@ class JsonlReader(Reader):
 
 @hookimpl
 def register_readers(register):
-    register("jsonl", JsonlReader, config=JsonlOptions)
+    register("jsonl", JsonlReader, options=JsonlOptions)

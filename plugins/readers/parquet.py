@@ -55,4 +55,4 @@ class ParquetReader(Reader):
 
 @hookimpl
 def register_readers(register):
-    register("parquet", ParquetReader, config=ParquetOptions)
+    register("parquet", ParquetReader, options=ParquetOptions)

@@ -111,5 +111,5 @@ class CsvReader(TabularReader):
 
 @hookimpl
 def register_readers(register):
-    register("tsv", TsvReader, config=TabularOptions)
-    register("csv", CsvReader, config=TabularOptions)
+    register("tsv", TsvReader, options=TabularOptions)
+    register("csv", CsvReader, options=TabularOptions)

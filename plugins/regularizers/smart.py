@@ -297,4 +297,4 @@ class Smart(Regularizer):
 
 @hookimpl
 def register_regularizers(register):
-    register("smart", Smart, config=SmartOptions)
+    register("smart", Smart, options=SmartOptions)

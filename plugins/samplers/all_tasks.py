@@ -34,4 +34,4 @@ class AllTasks(Sampler):
 
 @hookimpl
 def register_samplers(register):
-    register("all_tasks", AllTasks, config=AllTasksOptions)
+    register("all_tasks", AllTasks, options=AllTasksOptions)

@@ -33,4 +33,4 @@ class Annealed(Proportional):
 
 @hookimpl
 def register_samplers(register):
-    register("annealed", Annealed, config=AnnealedOptions)
+    register("annealed", Annealed, options=AnnealedOptions)

@@ -55,5 +55,5 @@ class Temperature(Proportional):
 
 @hookimpl
 def register_samplers(register):
-    register("proportional", Proportional, config=ProportionalOptions)
-    register("temperature", Temperature, config=TemperatureOptions)
+    register("proportional", Proportional, options=ProportionalOptions)
+    register("temperature", Temperature, options=TemperatureOptions)

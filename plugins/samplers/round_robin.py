@@ -35,4 +35,4 @@ class RoundRobin(Sampler):
 
 @hookimpl
 def register_samplers(register):
-    register("round_robin", RoundRobin, config=RoundRobinOptions)
+    register("round_robin", RoundRobin, options=RoundRobinOptions)

@@ -57,4 +57,4 @@ def _schedule(decay: str):
 @hookimpl
 def register_schedulers(register):
     for decay in ("linear", "cosine", "constant"):
-        register(decay, _schedule(decay), config=WarmupOptions)
+        register(decay, _schedule(decay), options=WarmupOptions)

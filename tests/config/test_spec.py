@@ -230,12 +230,12 @@ def test_a_method_that_draws_nothing_has_no_seed_and_older_specs_still_load(regi
     from mtbert.config.spec import structure_component
 
     for name in ("cagrad", "mgda", "imtl", "nash_mtl", "aligned_mtl", "db_mtl"):
-        component = structure_component("gradient_methods", {"name": name, "seed": 0}, registry)
+        component = structure_component("gradients", {"name": name, "seed": 0}, registry)
         assert "seed" not in attrs.fields_dict(type(component.options)), name
         assert make(registry, component).generator is None, name
     with pytest.raises(SpecError):  # an unknown key is still an error
-        structure_component("gradient_methods", {"name": "cagrad", "sed": 0}, registry)
-    pcgrad = make(registry, structure_component("gradient_methods", {"name": "pcgrad", "seed": 4}, registry))
+        structure_component("gradients", {"name": "cagrad", "sed": 0}, registry)
+    pcgrad = make(registry, structure_component("gradients", {"name": "pcgrad", "seed": 4}, registry))
     assert pcgrad.generator is not None
 
 

@@ -121,7 +121,7 @@ class NeedsWeights(GradientMethod):
 
 def test_components_that_need_one_another_are_checked_at_validation(tmp_path):
     plugin = types.ModuleType("needs_weights")
-    plugin.register_gradient_methods = hookimpl(lambda register: register("needs_weights", NeedsWeights))
+    plugin.register_gradients = hookimpl(lambda register: register("needs_weights", NeedsWeights))
     registry = build_registry(modules=[("needs_weights", plugin, "local")])
     with pytest.raises(SpecError) as refused:
         spec_with(registry, tmp_path, gradient="needs_weights")
@@ -199,7 +199,7 @@ def test_rlw_softmax_of_seeded_normal_draws_once_per_step(registry):
     assert values(b.weigh(ones)) == first  # a second micro-batch of the same step: same draw
     assert values(b.weigh({"a": torch.tensor(1.0), "c": torch.tensor(1.0)}))["a"] == pytest.approx(
         float(torch.softmax(z[[0, 2]], dim=0)[0]), rel=1e-6)  # some tasks: softmax over those
-    b.step_end({})
+    b.after_step({})
     assert values(b.weigh(ones)) != first  # the next step draws anew
     tasks_total = built(registry, "rlw", tasks=("a", "b", "c"), seed=5, total="tasks")
     assert sum(values(tasks_total.weigh(ones)).values()) == pytest.approx(3.0, rel=1e-6)
@@ -209,7 +209,7 @@ def test_rlw_resumes_its_draws(registry):
     b = built(registry, "rlw", seed=1)
     ones = {"a": torch.tensor(1.0), "b": torch.tensor(1.0)}
     b.weigh(ones)
-    b.step_end({})
+    b.after_step({})
     saved = b.state_dict()
     expected = values(b.weigh(ones))
     fresh = built(registry, "rlw", seed=1)
@@ -250,9 +250,9 @@ def test_famo_first_update_is_the_official_one(registry):
     (a bias-corrected first step has |m / sqrt(v)| = 1, less Adam's eps); an empty Adam step before it made
     0.0186."""
     b = built(registry, "famo")
-    b.step_end({"a": torch.tensor(1.0), "b": torch.tensor(1.0)})
+    b.after_step({"a": torch.tensor(1.0), "b": torch.tensor(1.0)})
     assert torch.equal(b.logits, torch.zeros(2)) and int(b.adam_steps) == 0
-    b.step_end({"a": torch.tensor(0.5), "b": torch.tensor(0.9)})
+    b.after_step({"a": torch.tensor(0.5), "b": torch.tensor(0.9)})
     torch.testing.assert_close(b.logits, torch.tensor([-0.025, 0.025]), atol=1e-6, rtol=0)  # Adam eps 1e-8
     assert int(b.adam_steps) == 1
 
@@ -265,7 +265,7 @@ def test_famo_logits_follow_adam_on_the_softmax_jacobian(registry):
     history = [(2.0, 4.0, 1.0), (1.0, 4.0, 0.9), (0.8, 3.0, 0.9), (0.7, 3.1, 0.5)]
     for step in history:
         now = torch.tensor(step)
-        b.step_end(dict(zip("abc", now)))
+        b.after_step(dict(zip("abc", now)))
         oracle.update(now)
         assert torch.allclose(b.logits, oracle.w.detach(), rtol=1e-5, atol=1e-7), (b.logits, oracle.w)
     z = torch.softmax(b.logits, 0)
@@ -275,12 +275,12 @@ def test_famo_logits_follow_adam_on_the_softmax_jacobian(registry):
 def test_famo_state_round_trips(registry):
     b = built(registry, "famo")
     for step in [(2.0, 4.0), (1.0, 4.0)]:
-        b.step_end(dict(zip("ab", torch.tensor(step))))
+        b.after_step(dict(zip("ab", torch.tensor(step))))
     fresh = built(registry, "famo")
     fresh.load_state_dict(b.state_dict())
     assert int(fresh.adam_steps) == 1 and torch.equal(fresh.logits, b.logits)
-    fresh.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
-    b.step_end({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
+    fresh.after_step({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
+    b.after_step({"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
     assert torch.equal(fresh.logits, b.logits)
 
 
@@ -342,7 +342,7 @@ def test_gradnorm_targets_favour_the_slower_task(registry):
     torch.testing.assert_close(balancer.weights.grad, torch.sign(g - target) * norms)
     with torch.no_grad():
         balancer.weights.copy_(torch.tensor([1.5, 1.0]))
-    balancer.step_end({})
+    balancer.after_step({})
     torch.testing.assert_close(balancer.weights.detach(), torch.tensor([1.2, 0.8]))
 
 

@@ -24,7 +24,7 @@ from mtbert.training.loop import Trainer
 from helpers import TINY_ENCODER, Interrupted, interrupt_at, mtbert, read_metrics, toy_data, toy_spec, torchrun
 
 _BUILT_IN = [c for c in default_registry().all() if c.package == "mtbert"]
-KEY = {"balancers": "balancer", "gradient_methods": "gradient"}
+KEY = {"balancers": "balancer", "gradients": "gradient"}
 NAMES = {kind: sorted(c.name for c in _BUILT_IN if c.kind == kind) for kind in KEY}
 METHODS = [(kind, name) for kind in KEY for name in NAMES[kind]]
 

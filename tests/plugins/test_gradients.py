@@ -28,7 +28,7 @@ R2 = math.sqrt(2.0)
 
 
 def method(registry, name, **options):
-    return make(registry, structure_component("gradient_methods", {"name": name, **options}, registry))
+    return make(registry, structure_component("gradients", {"name": name, **options}, registry))
 
 
 def params(*shapes_or_names):
@@ -64,7 +64,9 @@ def adjusted_rows(m, grads):
     m.backward(linear_losses(m.test_shared, grads))
     present = sorted(m.slots)  # all tasks, in order: their rows are the buffer's first
     m.slots = {}
-    out, _ = m.adjust(m.buffer[:len(present)].clone(), present)
+    G = m.buffer[:len(present)].clone()
+    coef, _ = m.coefficients(m.block_gram(G), present)  # the rows finish() never forms: row i mixes coef[:, i]
+    out = torch.stack([m.mix(coef[:, i], G) for i in range(G.shape[0])])
     m.buffer.zero_()
     where = {id(p): o for o, p in m.slices}
     return [[out[r, where[id(p)]:where[id(p)] + p.numel()].view(p.shape) for _, p in m.test_shared]

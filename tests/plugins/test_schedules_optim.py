@@ -241,7 +241,7 @@ def test_sgd_nesterov_without_momentum_is_a_spec_error(registry):
 # -- the sum gradient method ---------------------------------------------------------------
 
 def test_sum_gradient_scalar_by_hand(registry):
-    method = build(registry, "gradient_methods", "sum")
+    method = build(registry, "gradients", "sum")
     assert method.needs_all_tasks is False
     w = nn.Parameter(torch.tensor(2.0))
     # l1 = (3w - 1)^2 -> dl1/dw = 6 (3w - 1) = 30 at w = 2 ; l2 = 4w -> 4 ; total 34
@@ -270,7 +270,7 @@ def test_sum_gradient_equals_grad_of_summed_losses(registry):
     step = losses()
     expected = torch.autograd.grad(step["cls"] + step["reg"], params)
 
-    method = build(registry, "gradient_methods", "sum")
+    method = build(registry, "gradients", "sum")
     method.backward(losses())
     for p, g in zip(params, expected):
         assert p.grad is not None

@@ -22,7 +22,7 @@ from mtbert.training.loop import Trainer
 from helpers import TINY_ENCODER, gradient_method, read_metrics, toy_data, toy_spec
 
 _BUILT_IN = [c for c in default_registry().all() if c.package == "mtbert"]
-GRADIENTS = sorted(c.name for c in _BUILT_IN if c.kind == "gradient_methods" and c.name != "sum")
+GRADIENTS = sorted(c.name for c in _BUILT_IN if c.kind == "gradients" and c.name != "sum")
 BALANCERS = sorted(c.name for c in _BUILT_IN if c.kind == "balancers")
 
 
