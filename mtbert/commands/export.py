@@ -33,15 +33,16 @@ nothing.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
 
 import attrs
 from safetensors import SafetensorError
 
+from mtbert.base.atomic import sweep_dead, temporary
 from mtbert.base.errors import MtbertError, WriteError
 from mtbert.commands.modelcard import model_card
 
@@ -158,9 +159,10 @@ def refusal(task: str, head_name: str, fmt: str, reason: str, head, cross_pair: 
 
 def write_new_directory(out: Path, fill) -> None:
     """``fill`` a temporary sibling of ``out``, then rename it into place; nothing is left on failure."""
-    tmp = out.with_name(f".{out.name}.export-{secrets.token_hex(4)}")
+    tmp = temporary(out, "export")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        sweep_dead(out.parent, f".{glob.escape(out.name)}.export-")  # what a killed export left
         tmp.mkdir()
     except OSError as exc:
         raise WriteError("the export", out, exc, training=False) from None

@@ -33,12 +33,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import attrs
 import numpy as np
 
+from mtbert.base.atomic import sweep_dead
 from mtbert.base.errors import MtbertError, WriteError
 
 DPI = 100
@@ -392,7 +393,9 @@ def make_report(run_dir: str | Path, out: str | Path | None = None, registry=Non
         raise MtbertError(f"{out} is a file; give a directory for the report with --out")
     try:  # the report is drawn into a private folder inside out, then moved into place file by file
         out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+        sweep_dead(out, ".report-")  # what a killed report left
+        stage = out / f".report-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        stage.mkdir()
     except OSError as exc:
         raise WriteError("the report", out, exc, training=False) from None
     try:

@@ -24,13 +24,13 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from mtbert.base.atomic import alive, remove, sweep_dead  # noqa: F401  (tests name them here)
 from mtbert.base.errors import MtbertError
 from mtbert.base.paths import file_fingerprint  # noqa: F401  (the cache keys files by it)
 
@@ -153,14 +153,7 @@ class Cache:
 
     def sweep(self) -> None:
         """Remove the temporaries of builders that died (SIGKILL) mid-build; a live builder's stay."""
-        try:
-            found = list(self.root.glob(".*.tmp-*-*"))
-        except OSError:
-            return
-        for path in found:
-            match = re.search(r"\.tmp-(\d+)-", path.name)
-            if match and not alive(int(match.group(1))):
-                remove(path)
+        sweep_dead(self.root, ".*.tmp-")
 
     def build(self, key: str, fill) -> tuple[dict[str, np.ndarray], dict]:
         """Write an entry with ``fill(sink) -> meta`` and map it. A failure (a full disk, a signal,
@@ -205,26 +198,6 @@ class Cache:
             raise MtbertError(f"the tokenized cache entry {self.root / key} just written cannot be read back\n"
                               "  fix: check the disk, or set data.cache = false")
         return loaded
-
-
-def alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, but is another user's
-        return True
-    return True
-
-
-def remove(path: Path) -> None:
-    """A file, a link or a directory tree, whichever ``path`` is; no error if it is gone."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _remove_empty(directories: list[Path]) -> None:

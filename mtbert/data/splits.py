@@ -46,7 +46,7 @@ class Split:
     name: str  # train / dev / test
     path: Path
     ids: Strings
-    parts: list[Tokens]  # one Tokens (single text, or a cross-encoded pair) or two (bi-encoded pair)
+    sequences: list[Tokens]  # one Tokens (single text, or a cross-encoded pair) or two (bi-encoded pair)
     labels: Tensor | None  # None for unlabeled (test) files
     skipped: int = 0  # rows dropped for an empty label
     cached: bool = False  # mapped from the tokenized cache rather than tokenized by this run
@@ -56,8 +56,8 @@ class Split:
         return len(self.ids)
 
     def lengths(self) -> np.ndarray:
-        """Tokens per example, all parts together."""
-        return sum(part.lengths() for part in self.parts)
+        """Tokens per example, all its sequences together."""
+        return sum(sequence.lengths() for sequence in self.sequences)
 
 
 # -- labels ------------------------------------------------------------------------------
@@ -326,11 +326,11 @@ def _tokenize_file(sink, path, reader, columns, label_spec, tokenizer, max_lengt
 
 def _split_from(task, split, path, arrays: dict[str, np.ndarray], meta: dict, cached: bool,
                 fingerprint: str | None = None) -> Split:
-    parts = [Tokens(arrays[f"ids{p}"], arrays[f"types{p}"], arrays[f"offsets{p}"]) for p in range(meta["parts"])]
+    sequences = [Tokens(arrays[f"ids{p}"], arrays[f"types{p}"], arrays[f"offsets{p}"]) for p in range(meta["parts"])]
     ids = Strings(meta["rows"], arrays.get("rowids"), arrays.get("rowid_offsets")) if meta["explicit_ids"] \
         else Strings(meta["rows"])
     labels = torch.from_numpy(arrays["labels"]) if meta["labeled"] else None
-    return Split(task, split, Path(path), ids, parts, labels, meta["skipped"], cached, fingerprint)
+    return Split(task, split, Path(path), ids, sequences, labels, meta["skipped"], cached, fingerprint)
 
 
 def texts_split(task: str, texts: list[str], pairs: list[str] | None, tokenizer, max_length: int,
@@ -455,7 +455,7 @@ def collate(split: Split, indices, pad_id: int) -> dict[str, Tensor]:
     """Pad the examples at ``indices`` to the longest among them (dynamic padding)."""
     indices = np.asarray(indices, dtype=np.int64)
     batch: dict[str, Tensor] = {}
-    for part, suffix in zip(split.parts, PART_SUFFIX):
+    for part, suffix in zip(split.sequences, PART_SUFFIX):
         ids, mask = part.input_ids.padded(indices, pad_id)
         types, _ = part.token_type_ids.padded(indices, 0)
         batch["input_ids" + suffix] = torch.from_numpy(ids)

@@ -41,7 +41,7 @@ def build_model(spec: Spec, registry: Registry, restore: Path | None = None) -> 
 
 
 @attrs.define
-class TaskParts:
+class Task:
     """Everything the loop needs for one task besides the model."""
 
     name: str
@@ -61,7 +61,7 @@ def data_cache(spec: Spec) -> Cache | None:
 
 
 def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev", "test"),
-                progress: bool = False, dist=None) -> dict[str, TaskParts]:
+                progress: bool = False, dist=None) -> dict[str, Task]:
     """Every task's parts, its files read and tokenized. Under torchrun with the cache on, the
     first process builds the cache entries and the others map them once they are written."""
     if dist is not None and dist.world > 1 and spec.data.cache:
@@ -79,7 +79,7 @@ def build_tasks(spec: Spec, registry: Registry, tokenizer, splits=("train", "dev
     return _build_tasks(spec, registry, tokenizer, splits, progress)
 
 
-def _build_tasks(spec: Spec, registry: Registry, tokenizer, splits, progress: bool) -> dict[str, TaskParts]:
+def _build_tasks(spec: Spec, registry: Registry, tokenizer, splits, progress: bool) -> dict[str, Task]:
     data_dir = expand(spec.data.dir)
     cache = data_cache(spec)
     tasks = {}
@@ -94,7 +94,7 @@ def _build_tasks(spec: Spec, registry: Registry, tokenizer, splits, progress: bo
                                            labeled=split != "test", cache=cache,
                                            reader_id=repr(task.data.reader), progress=progress)
         metrics = {m.name: make(registry, m, labels) for m in task.metrics}
-        tasks[name] = TaskParts(name, task.weight, make(registry, task.loss, labels), metrics, labels, loaded,
+        tasks[name] = Task(name, task.weight, make(registry, task.loss, labels), metrics, labels, loaded,
                                 task.prediction_column)
     return tasks
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mtbert.base.atomic import replacing
 from mtbert.base.errors import WriteError
-from mtbert.model.build import TaskParts
+from mtbert.model.build import Task
 from mtbert.data.splits import Split, eval_batches
 
 
@@ -73,11 +73,11 @@ def embed(model, task: str | None, split: Split, how, batch_size: int, device: t
     return in_file_order(model, split, batch_size, device, pad_id, per_batch)
 
 
-def score(task: TaskParts, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+def score(task: Task, predictions: Tensor, labels: Tensor) -> dict[str, float]:
     return {name: metric(predictions, labels) for name, metric in task.metrics.items()}
 
 
-def overall(tasks: dict[str, TaskParts], scores: dict[str, dict[str, float]]) -> float:
+def overall(tasks: dict[str, Task], scores: dict[str, dict[str, float]]) -> float:
     """Mean over tasks of each task's main (first) metric mapped to [0, 1].
 
     For SST accuracy, Quora accuracy and STS Pearson r this is the CS224N

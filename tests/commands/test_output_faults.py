@@ -184,3 +184,32 @@ def test_compare_on_a_damaged_best(finished, tmp_path):
     copy = damaged_copy(run, tmp_path, lambda r: (r / "best.json").write_text("[]"))
     result = invoke("compare", copy)
     assert result.exit_code == 2 and "is damaged" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["predict", "compare", "report", "export"])
+def test_temporaries_of_killed_writers_are_swept_and_a_live_ones_kept(finished, tmp_path, command):
+    """A writer killed mid-write (SIGKILL: no cleanup) leaves its temporary; the next write of the same
+    output removes it (its pid is dead) and leaves a live writer's alone."""
+    import os
+    import subprocess
+    import sys
+
+    run, data = finished
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    name, kind, args = {
+        "predict": ("o.csv", "tmp", ["predict", run, "--task", "sent", "--input", data / "sent.tsv", "--output",
+                                     folder / "o.csv"]),
+        "compare": ("t.md", "tmp", ["compare", run, "--output", folder / "t.md"]),
+        "report": (None, "report", ["report", run, "--out", folder, "--data", data]),
+        "export": ("exported", "export", ["export", run, folder / "exported"]),
+    }[command]
+    prefix = f".{name}.{kind}-" if name else ".report-"
+    stale, live = folder / f"{prefix}{dead}-0000aaaa", folder / f"{prefix}{os.getpid()}-0000bbbb"
+    for leftover in (stale, live):
+        leftover.mkdir() if command in ("report", "export") else leftover.write_text("half")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and live.exists()

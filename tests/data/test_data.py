@@ -189,7 +189,7 @@ def test_jsonl_task_loads_through_load_split(registry, tmp_path, tok):
     assert split.ids == ["7", "9"]
     assert split.skipped == 1
     assert split.labels.tolist() == [3, 2]
-    assert split.parts[0].input_ids[0] == [tok.cls_token_id, *piece_ids(tok, "good"), tok.sep_token_id]
+    assert split.sequences[0].input_ids[0] == [tok.cls_token_id, *piece_ids(tok, "good"), tok.sep_token_id]
 
 
 # -- malformed files -------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_empty_labels_are_skipped_and_counted(registry, tmp_path, tok):
     assert split.ids == ["a", "e"]
     assert split.skipped == 3
     assert split.labels.tolist() == [1, 0] and split.labels.dtype == torch.long
-    assert len(split.parts[0].input_ids) == 2
+    assert len(split.sequences[0].input_ids) == 2
 
 
 def test_regression_labels_are_float(registry, tmp_path, tok):
@@ -443,7 +443,7 @@ def test_real_quora_train_skips_its_two_empty_labels(registry, data_dir, tok):
     assert len(split) + split.skipped == 14139
     assert set(split.labels.unique().tolist()) == {0, 1}
     assert len(set(split.ids)) == len(split)
-    types = split.parts[0].token_type_ids
+    types = split.sequences[0].token_type_ids
     assert all(t[0] == 0 and t[-1] == 1 for t in types[:200])  # cross-encoded pairs
 
 
@@ -480,10 +480,10 @@ PAIR_FILE = "id\ts1\ts2\tlabel\na\ta cat\tthe dog sat\t1\nb\tlonger first senten
 def test_cross_encoded_pair(registry, tmp_path, tok):
     path = write(tmp_path, "p.tsv", PAIR_FILE)
     split = load(path, registry, tok, head="binary", text="s1", text_pair="s2")
-    assert len(split.parts) == 1
+    assert len(split.sequences) == 1
     a, b = piece_ids(tok, "a cat"), piece_ids(tok, "the dog sat")
     cls, sep = tok.cls_token_id, tok.sep_token_id
-    ids, types = split.parts[0].input_ids[0], split.parts[0].token_type_ids[0]
+    ids, types = split.sequences[0].input_ids[0], split.sequences[0].token_type_ids[0]
     assert ids == [cls, *a, sep, *b, sep]
     assert [i for i, t in enumerate(ids) if t == sep] == [len(a) + 1, len(a) + len(b) + 2]
     assert types == [0] * (len(a) + 2) + [1] * (len(b) + 1)
@@ -493,38 +493,38 @@ def test_cross_encoded_pair(registry, tmp_path, tok):
 def test_bi_encoded_pair(registry, tmp_path, tok):
     path = write(tmp_path, "p.tsv", PAIR_FILE)
     split = load(path, registry, tok, head="binary", text="s1", text_pair="s2", pair_encoding="bi")
-    assert len(split.parts) == 2
+    assert len(split.sequences) == 2
     cls, sep = tok.cls_token_id, tok.sep_token_id
-    assert split.parts[0].input_ids[0] == [cls, *piece_ids(tok, "a cat"), sep]
-    assert split.parts[1].input_ids[0] == [cls, *piece_ids(tok, "the dog sat"), sep]
-    assert all(t == 0 for part in split.parts for seq in part.token_type_ids for t in seq)
-    assert split.lengths().tolist() == [len(split.parts[0].input_ids[i]) + len(split.parts[1].input_ids[i]) for i in (0, 1)]
+    assert split.sequences[0].input_ids[0] == [cls, *piece_ids(tok, "a cat"), sep]
+    assert split.sequences[1].input_ids[0] == [cls, *piece_ids(tok, "the dog sat"), sep]
+    assert all(t == 0 for part in split.sequences for seq in part.token_type_ids for t in seq)
+    assert split.lengths().tolist() == [len(split.sequences[0].input_ids[i]) + len(split.sequences[1].input_ids[i]) for i in (0, 1)]
     batch = collate(split, [0, 1], tok.pad_token_id)
     assert {"input_ids", "token_type_ids", "attention_mask", "input_ids_b", "token_type_ids_b",
             "attention_mask_b", "labels", "index"} == set(batch)
-    assert batch["attention_mask_b"].sum(1).tolist() == [len(split.parts[1].input_ids[i]) for i in (0, 1)]
-    assert batch["input_ids_b"].shape[1] == max(len(s) for s in split.parts[1].input_ids)
+    assert batch["attention_mask_b"].sum(1).tolist() == [len(split.sequences[1].input_ids[i]) for i in (0, 1)]
+    assert batch["input_ids_b"].shape[1] == max(len(s) for s in split.sequences[1].input_ids)
 
 
 def test_single_text_task_ignores_bi_encoding(registry, tmp_path, tok):
     path = write(tmp_path, "f.tsv", HEADER + "a\tx\t1\n")
     split = load(path, registry, tok, pair_encoding="bi")
-    assert len(split.parts) == 1
+    assert len(split.sequences) == 1
 
 
 def test_max_length_truncates(registry, tmp_path, tok):
     long = " ".join(["word"] * 40)
     path = write(tmp_path, "p.tsv", f"id\ts1\ts2\tlabel\na\t{long}\t{long}\t1\nb\tshort\tone\t0\n")
     single = load(path, registry, tok, head="binary", text="s1", max_length=8)
-    assert [len(s) for s in single.parts[0].input_ids][0] == 8
-    assert single.parts[0].input_ids[0][-1] == tok.sep_token_id
+    assert [len(s) for s in single.sequences[0].input_ids][0] == 8
+    assert single.sequences[0].input_ids[0][-1] == tok.sep_token_id
     pair = load(path, registry, tok, head="binary", text="s1", text_pair="s2", max_length=10)
-    ids, types = pair.parts[0].input_ids[0], pair.parts[0].token_type_ids[0]
+    ids, types = pair.sequences[0].input_ids[0], pair.sequences[0].token_type_ids[0]
     assert len(ids) == 10 and ids.count(tok.sep_token_id) == 2 and ids[-1] == tok.sep_token_id
     assert 0 in types and 1 in types
-    assert len(pair.parts[0].input_ids[1]) < 10  # short examples are not padded at load time
+    assert len(pair.sequences[0].input_ids[1]) < 10  # short examples are not padded at load time
     bi = load(path, registry, tok, head="binary", text="s1", text_pair="s2", max_length=8, pair_encoding="bi")
-    assert len(bi.parts[0].input_ids[0]) == 8 and len(bi.parts[1].input_ids[0]) == 8
+    assert len(bi.sequences[0].input_ids[0]) == 8 and len(bi.sequences[1].input_ids[0]) == 8
 
 
 def test_limit_reads_the_first_rows(registry, tmp_path, tok):
@@ -582,7 +582,7 @@ def test_collate_pads_dynamically(registry, tmp_path, tok):
     assert batch["attention_mask"].sum(1).tolist() == [lengths[i] for i in indices]
     for row, i in enumerate(indices):
         n = lengths[i]
-        assert batch["input_ids"][row, :n].tolist() == split.parts[0].input_ids[i]
+        assert batch["input_ids"][row, :n].tolist() == split.sequences[0].input_ids[i]
         assert (batch["input_ids"][row, n:] == pad).all()
         assert (batch["attention_mask"][row, n:] == 0).all() and (batch["token_type_ids"][row, n:] == 0).all()
     assert batch["labels"].tolist() == [2, 0, 3]
@@ -595,7 +595,7 @@ def test_collate_keeps_pair_token_types(registry, tmp_path, tok):
     split = load(path, registry, tok, head="binary", text="s1", text_pair="s2")
     batch = collate(split, [1, 0], tok.pad_token_id)
     n0 = split.lengths()[0]
-    assert batch["token_type_ids"][1, :n0].tolist() == split.parts[0].token_type_ids[0]
+    assert batch["token_type_ids"][1, :n0].tolist() == split.sequences[0].token_type_ids[0]
     assert batch["token_type_ids"][1, n0:].sum() == 0
     assert batch["labels"].tolist() == [0, 1]
 

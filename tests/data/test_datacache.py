@@ -53,7 +53,7 @@ def same(a, b) -> bool:
             and all(np.array_equal(p.input_ids.values, q.input_ids.values)
                     and np.array_equal(p.input_ids.offsets, q.input_ids.offsets)
                     and np.array_equal(p.token_type_ids.values, q.token_type_ids.values)
-                    for p, q in zip(a.parts, b.parts)))
+                    for p, q in zip(a.sequences, b.sequences)))
 
 
 def entries(root: Path) -> list[Path]:
@@ -83,7 +83,7 @@ def test_second_load_maps_the_entry_without_reading_the_file(registry, tok, tmp_
     assert not first.cached and len(entries(cache.root)) == 1
     second = load(path, registry, tok, cache, reading=Refusing(make(registry, columns(registry).reader)))
     assert second.cached and same(first, second)
-    assert isinstance(second.parts[0].input_ids.values, np.memmap)
+    assert isinstance(second.sequences[0].input_ids.values, np.memmap)
     uncached = load(path, registry, tok, None)
     assert not uncached.cached and same(first, uncached)
 
@@ -98,7 +98,7 @@ def test_anything_that_decides_the_tokens_keys_a_new_entry(registry, tok, tmp_pa
     sst_file(path, word="bad")  # same size, other content
     changed = load(path, registry, tok, cache)
     assert not changed.cached and len(entries(cache.root)) == 5
-    assert changed.parts[0].input_ids[0][1] == tok.convert_tokens_to_ids("bad")
+    assert changed.sequences[0].input_ids[0][1] == tok.convert_tokens_to_ids("bad")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "meta", "missing"])

@@ -55,7 +55,7 @@ def assert_same_splits(a, b):
             x, y = a[task].splits[split], b[task].splits[split]
             assert list(x.ids) == list(y.ids)
             assert torch.allclose(x.labels.double(), y.labels.double())
-            for p, q in zip(x.parts, y.parts):
+            for p, q in zip(x.sequences, y.sequences):
                 assert list(p.input_ids) == list(q.input_ids)
                 assert list(p.token_type_ids) == list(q.token_type_ids)
 

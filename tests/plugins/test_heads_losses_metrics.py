@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from mtbert.model.build import TaskParts, label_spec, make
+from mtbert.model.build import Task, label_spec, make
 from mtbert.base.errors import SpecError
 from mtbert.training.prediction import overall, score
 from mtbert.plugin.interfaces import Encoded, LabelSpec
@@ -313,7 +313,7 @@ def test_metric_accepts(registry):
 
 def _task(registry, name, metric_names, labels):
     metrics = {m: build(registry, "metrics", m, labels) for m in metric_names}
-    return TaskParts(name, 1.0, None, metrics, labels, {}, "Predicted")
+    return Task(name, 1.0, None, metrics, labels, {}, "Predicted")
 
 
 def test_overall_is_the_course_formula(registry):
