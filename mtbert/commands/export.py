@@ -64,8 +64,9 @@ def check_out(out: Path) -> None:
 FORMATS = ("encoder", "transformers", "sentence-transformers", "onnx")
 LOADS = {
     "encoder": "transformers.AutoModel.from_pretrained({out!r})",
-    "transformers": "transformers.pipeline(\"text-classification\", model={out!r}) or "
-                    "sentence_transformers.CrossEncoder({out!r})",
+    "transformers": "sentence_transformers.CrossEncoder({out!r}) (or transformers' "
+                    "AutoModelForSequenceClassification)",
+    "transformers-single": "transformers.pipeline(\"text-classification\", model={out!r})",
     "sentence-transformers": "sentence_transformers.SentenceTransformer({out!r}).encode(sentences)",
     "onnx": "onnxruntime.InferenceSession({out!r} + \"/model.onnx\") (tokenizer files beside it)",
 }
@@ -108,6 +109,8 @@ def export(run_dir: str | Path, out: str | Path, registry=None, task: str | None
         names = spec.tasks[task].data.label_names
         if names and len(names) == len(form.label_names):
             form = attrs.evolve(form, label_names=list(names))
+        elif names and len(names) == 2 and len(form.label_names) == 1 and form.problem_type != "regression":
+            form = attrs.evolve(form, label_names=[names[1]])  # one logit: the positive class's
     if fmt == "sentence-transformers" and pairs and not bi:
         raise MtbertError(refusal(task, spec.tasks[task].head.name, fmt,
                                   "the task reads each pair as one joint sequence (cross-encoded), so it never "
@@ -122,14 +125,16 @@ def export(run_dir: str | Path, out: str | Path, registry=None, task: str | None
     def fill(directory: Path) -> None:
         if fmt == "encoder":
             model.encoder.save_hf(directory)
-            model.encoder.tokenizer.save_pretrained(str(directory))
+            formats.save_tokenizer(model.encoder.tokenizer, directory, max_length)
         elif fmt == "transformers":
             formats.write_transformers(directory, model, task, form, pairs, max_length)
         elif fmt == "sentence-transformers":
             formats.write_sentence_transformers(directory, model, form, task, max_length)
         else:
             formats.write_onnx(directory, model, task, bi, pairs, max_length)
-        (directory / "README.md").write_text(model_card(opened, model, fmt, task, form, directory), encoding="utf-8")
+        output = onnx_meaning(opened, task) if fmt == "onnx" else None
+        card = model_card(opened, model, fmt, task, form, out, bi=bi, onnx_output=output)
+        (directory / "README.md").write_text(card, encoding="utf-8")
 
     from transformers.utils import logging as hf_logging
 
@@ -142,7 +147,24 @@ def export(run_dir: str | Path, out: str | Path, registry=None, task: str | None
         notes.append("the task heads are not part of the export (a Hugging Face model directory holds the encoder)")
     model_type = json.loads((out / "config.json").read_text()).get("model_type", "") \
         if (out / "config.json").is_file() else "onnx"
-    return Exported(out, model_type, notes, fmt, LOADS[fmt].format(out=str(out)))
+    load = LOADS[fmt] if fmt != "transformers" or pairs else LOADS["transformers-single"]
+    return Exported(out, model_type, notes, fmt, load.format(out=str(out)))
+
+
+def onnx_meaning(opened, task: str | None) -> str:
+    """What model.onnx's output is, for the card."""
+    if task is None:
+        return "output: [batch, tokens, hidden], the shared encoder's token states"
+    from mtbert.model.build import label_spec
+
+    labels = label_spec(opened.registry, opened.spec.tasks[task].head)
+    scale = f"{labels.high:g} x it" if labels.high is not None else "a multiple of it"
+    what = {"multiclass": f"one logit per class ({labels.num_labels}); the largest is mtbert's answer",
+            "binary": "one logit; above 0 means label 1",
+            "regression": "the head's score (mtbert clips it to the label range)",
+            "similarity": f"the cosine of the two sentences' vectors; mtbert's score is {scale}, clipped to the "
+                          "label range"}
+    return f"output: task {task}'s head output, {what.get(labels.kind, labels.kind)}"
 
 
 def refusal(task: str, head_name: str, fmt: str, reason: str, head, cross_pair: bool = False) -> str:

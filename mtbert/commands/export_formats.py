@@ -29,6 +29,17 @@ def probe_batch(tokenizer, pairs: bool, max_length: int) -> dict[str, torch.Tens
                      padding=True, return_tensors="pt", return_token_type_ids=True)
 
 
+def save_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
+    """The tokenizer, recording the length the model was trained and evaluated at: every library
+    that loads it then truncates where mtbert does (not at the checkpoint's 512)."""
+    kept = tokenizer.model_max_length
+    tokenizer.model_max_length = max_length
+    try:
+        tokenizer.save_pretrained(str(directory))
+    finally:
+        tokenizer.model_max_length = kept
+
+
 def _compare(what: str, ours: torch.Tensor, theirs: torch.Tensor, tolerance: float) -> None:
     gap = (ours.float() - theirs.float()).abs().max().item()
     if not gap <= tolerance:
@@ -63,7 +74,7 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
     if len(labels) == 1:  # CrossEncoder: give the head's raw score, not a sigmoid of it
         config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.linear.Identity"}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    encoder.tokenizer.save_pretrained(str(directory))
+    save_tokenizer(encoder.tokenizer, directory, max_length)
 
     loaded = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
     batch = probe_batch(encoder.tokenizer, pairs, max_length)
@@ -92,7 +103,7 @@ def write_sentence_transformers(directory: Path, model, how: SentenceEmbedding, 
     staging = directory / "0_Transformer"
     staging.mkdir()
     encoder.save_hf(staging)
-    encoder.tokenizer.save_pretrained(str(staging))
+    save_tokenizer(encoder.tokenizer, staging, max_length)
     transformer = Transformer(str(staging), max_seq_length=max_length)
     pooling = Pooling(encoder.hidden_size, pooling_mode=how.pooling)
     modules = [transformer, pooling] + ([Normalize()] if how.normalize else [])
@@ -169,7 +180,7 @@ def write_onnx(directory: Path, model, task: str | None, bi: bool, pairs: bool, 
             program.save(str(path))
     finally:
         quiet.setLevel(level)
-    tokenizer.save_pretrained(str(directory))
+    save_tokenizer(tokenizer, directory, max_length)
     try:
         import onnxruntime
     except ImportError:

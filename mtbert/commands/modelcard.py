@@ -17,28 +17,66 @@ PIPELINE = {"encoder": "feature-extraction", "transformers": "text-classificatio
             "sentence-transformers": "sentence-similarity", "onnx": None}
 
 
-def how_to_load(fmt: str, task: str | None, out: str, pairs: bool) -> str:
+def how_to_load(fmt: str, out: str, pairs: bool, bi: bool, form) -> str:
+    """A snippet that runs as written from the export's place (``out``, as the user gave it), with
+    what its output means in a comment."""
     if fmt == "encoder":
         return (f'from transformers import AutoModel, AutoTokenizer\n\nmodel = AutoModel.from_pretrained("{out}")\n'
-                f'tokenizer = AutoTokenizer.from_pretrained("{out}")')
+                f'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'
+                'states = model(**tokenizer(["A gorgeous film."], return_tensors="pt")).last_hidden_state\n'
+                '# states: [batch, tokens, hidden], the shared encoder\'s token states (no task head)')
     if fmt == "transformers":
+        meaning = classifier_meaning(form, pairs)
         if pairs:
             return (f'from sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder("{out}")\n'
-                    'scores = model.predict([("A man eats.", "Someone is eating.")])')
+                    'scores = model.predict([("A man eats.", "Someone is eating.")])\n'
+                    f'# {meaning["cross"]}')
         return (f'from transformers import pipeline\n\nclassify = pipeline("text-classification", model="{out}")\n'
-                'classify(["A gorgeous film."])')
+                'answers = classify(["A gorgeous film."])\n'
+                f'# {meaning["pipeline"]}')
     if fmt == "sentence-transformers":
+        note = f"\n# {form.meaning}" if form is not None and form.meaning else ""
         return (f'from sentence_transformers import SentenceTransformer\n\nmodel = SentenceTransformer("{out}")\n'
-                'vectors = model.encode(["A man eats.", "Someone is eating."])')
+                'vectors = model.encode(["A man eats.", "Someone is eating."])\n'
+                f'# vectors: one row per sentence{", unit length (a dot product is the cosine)" if form is not None and form.normalize else ""}'
+                f'{note}')
+    names = '("input_ids", "attention_mask", "token_type_ids")'
+    if bi:  # a pair encoded apart: the second sentence goes to the *_b inputs
+        feed = ('first = tokenizer(["A man eats."], return_tensors="np", return_token_type_ids=True)\n'
+                'second = tokenizer(["Someone is eating."], return_tensors="np", return_token_type_ids=True)\n'
+                f'feed = {{**{{k: first[k] for k in {names}}}, **{{k + "_b": second[k] for k in {names}}}}}\n')
+    elif pairs:
+        feed = ('inputs = tokenizer(["A man eats."], ["Someone is eating."], return_tensors="np", '
+                'return_token_type_ids=True)\n'
+                f'feed = {{k: inputs[k] for k in {names}}}\n')
+    else:
+        feed = ('inputs = tokenizer(["A gorgeous film."], return_tensors="np", return_token_type_ids=True)\n'
+                f'feed = {{k: inputs[k] for k in {names}}}\n')
     return (f'import onnxruntime\nfrom transformers import AutoTokenizer\n\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'
-            f'session = onnxruntime.InferenceSession("{out}/model.onnx")\n'
-            'inputs = tokenizer(["A gorgeous film."], return_tensors="np", return_token_type_ids=True)\n'
-            'output = session.run(None, {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")})[0]')
+            f'session = onnxruntime.InferenceSession("{out}/model.onnx")\n' + feed +
+            'output = session.run(None, feed)[0]\n'
+            f'# {form if isinstance(form, str) else "output: the head output"}')
 
 
-def model_card(opened, model, fmt: str, task: str | None, form, directory: Path) -> str:
-    """``base_model`` is what the encoder says its weights started from (its ``base_model``)."""
+def classifier_meaning(form, pairs: bool) -> dict[str, str]:
+    """What pipeline and CrossEncoder answer for a sequence classifier export."""
+    names = list(form.label_names) if form is not None else []
+    if len(names) == 1 and form.problem_type == "regression":
+        return {"cross": "scores: the head's score on the task's scale (mtbert clips it to the label range)",
+                "pipeline": "score: a sigmoid of the head's score; call with function_to_apply=\"none\" for the "
+                            "score itself"}
+    if len(names) == 1:
+        return {"cross": f"scores: the logit of {names[0]!r}: above 0 means {names[0]!r} (mtbert's answer)",
+                "pipeline": f"[{{'label': {names[0]!r}, 'score': P({names[0]})}}]: above 0.5 means {names[0]!r}"}
+    return {"cross": f"scores: one logit per label {names}; the largest is mtbert's answer",
+            "pipeline": "[{'label': <one of " + str(names) + ">, 'score': its softmax probability}]: mtbert's answer"}
+
+
+def model_card(opened, model, fmt: str, task: str | None, form, out: Path, bi: bool = False,
+               onnx_output: str | None = None) -> str:
+    """``base_model`` is what the encoder says its weights started from (its ``base_model``); ``out``
+    is where the export is put (its snippets load from there)."""
     spec, run = opened.spec, opened.run
     best_path = run.path / "best.json"
     best = json.loads(best_path.read_text()) if best_path.is_file() else {}
@@ -77,9 +115,14 @@ def model_card(opened, model, fmt: str, task: str | None, form, directory: Path)
               f"- balancer `{spec.balancer.name}`, gradient method `{spec.gradient.name}`",
               f"- adapters: {', '.join(a.name for a in spec.adapters) or 'none'}; regularizers: "
               f"{', '.join(r.name for r in spec.regularizers) or 'none'}"]
+    lines += [f"- inputs are truncated at {spec.data.max_length} tokens, as in training (the tokenizer's "
+              "model_max_length here says so to every library that loads it)"]
     if fmt == "transformers" and form is not None and len(form.label_names) == 1:
         lines += ["", "One output: `CrossEncoder` returns the head's raw score (the config sets an identity "
                       "activation); `pipeline` applies a sigmoid unless called with `function_to_apply=\"none\"`."]
-    lines += ["", "## How to load", "", "```python", how_to_load(fmt, task, str(directory.name), pairs), "```",
+    if fmt == "sentence-transformers" and form is not None and form.meaning:
+        lines += ["", f"The task's score from these vectors: {form.meaning}."]
+    shown = onnx_output if fmt == "onnx" else form
+    lines += ["", "## How to load", "", "```python", how_to_load(fmt, str(out), pairs, bi, shown), "```",
               "", "## The spec", "", "```toml", run.spec.read_text(encoding="utf-8").strip(), "```", ""]
     return "\n".join(lines)

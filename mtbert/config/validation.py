@@ -13,6 +13,7 @@ attribute                 kind         meaning
 ``needs_all_tasks``       gradients    the method combines every task's gradient in a step
 ``has_layer_slots``       encoders     the encoder offers per-layer slots (``layer_slots``)
 ``positions``             encoders     ``positions(options)``: the longest input, or None
+``has_pooler``            encoders     a pooler for pooling = "pooler" (or a function of the options)
 ``input_embeddings``      encoders     ``embed`` gives the input embeddings
 ``hf_export``             encoders     ``save_hf(directory)`` writes a Hugging Face model
 ``needs_layer_slots``     adapters     the adapter installs a branch in every layer
@@ -66,6 +67,13 @@ def run_name_problem(name: str) -> str | None:
     return None
 
 
+def describe_encoder(spec) -> str:
+    """The encoder as a user named it: its name, and its model type when the spec gives one."""
+    config = getattr(spec.encoder.options, "config", None)
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return f"\"{spec.encoder.name}\"" + (f", model_type {kind}" if kind else "")
+
+
 def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     """Checks across the whole spec: phases, the step contract, adapters, what components need."""
     problems = []
@@ -87,6 +95,14 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     if longest is not None and spec.data.max_length > longest:
         problems.append(("data.max_length", f"{spec.data.max_length} tokens, but encoder \"{spec.encoder.name}\" "
                          f"takes at most {longest}; set data.max_length = {longest} or less"))
+    pooler = declared(registry, spec.encoder, "has_pooler", None)
+    pooler = pooler(spec.encoder.options) if callable(pooler) else pooler
+    if pooler is False:
+        for name, task in spec.tasks.items():
+            if getattr(task.head.options, "pooling", None) == "pooler":
+                problems.append((f"tasks.{name}.head.pooling", f"\"pooler\" reads the encoder's pooler, which "
+                                 f"this encoder ({describe_encoder(spec)}) does not have; use pooling = \"cls\" "
+                                 "or \"mean\""))
     if spec.phases:
         for key in ("epochs", "steps"):
             if getattr(spec.train, key) is not None:

@@ -67,9 +67,12 @@ def parse_label(raw, spec: LabelSpec, names: list[str] | None):
     if isinstance(raw, bool):
         raw = int(raw)
     text = raw.strip() if isinstance(raw, str) else raw
+    if names is not None and isinstance(text, str) and text not in names and _class_number(text, len(names)):
+        names = None  # numeric labels with names for them (the course's SST file): the number is the class
     if names is not None and isinstance(text, str):
         if text not in names:
-            raise ValueError(f"label {_short(text)} is not one of the label_names {names}")
+            raise ValueError(f"label {_short(text)} is not one of the label_names {names} (nor a class "
+                             f"number 0..{len(names) - 1})")
         index = names.index(text)
         if index >= (2 if spec.kind == "binary" else spec.num_labels or 0):
             raise ValueError(f"label {text!r} is class {index}, beyond the head's classes")
@@ -93,6 +96,15 @@ def parse_label(raw, spec: LabelSpec, names: list[str] | None):
     if not math.isfinite(number) or number != int(number) or not 0 <= number < count:
         raise ValueError(f"label {_short(raw)} is not a class in 0..{count - 1}")
     return int(number)
+
+
+def _class_number(text: str, count: int) -> bool:
+    """Whether ``text`` is a whole number naming one of ``count`` classes ("3", "3.0")."""
+    try:
+        number = float(text)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return math.isfinite(number) and number == int(number) and 0 <= number < count
 
 
 def _short(raw) -> str:

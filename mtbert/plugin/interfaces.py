@@ -153,6 +153,7 @@ class SentenceEmbedding:
 
     pooling: str  # "cls" or "mean" (mtbert.pooling)
     normalize: bool = False
+    meaning: str | None = None  # how the task's score follows from two vectors, for the model card
 
 
 # -- losses: factory(options, labels: LabelSpec) -> Loss ------------------------------

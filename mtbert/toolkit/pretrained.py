@@ -133,6 +133,33 @@ def positions(config: dict) -> int | None:
     return largest
 
 
+def local_config(name: str | None) -> dict | None:
+    """The config.json of a checkpoint that is here (the embedded one, a directory); None for a hub
+    id (validation does not go to the network) or a checkpoint that cannot be read (training says why)."""
+    if not name or not (name.lower() in EMBEDDED or looks_local(name)):
+        return None
+    try:
+        return read_config(resolve(name))
+    except CheckpointError:
+        return None
+
+
+def has_pooler(model_type: str | None) -> bool | None:
+    """Whether transformers' base model of this type has a pooler (its constructor takes
+    ``add_pooling_layer``); None when the type is unknown to transformers here."""
+    if not model_type:
+        return None
+    import inspect
+
+    try:
+        from transformers import AutoConfig, AutoModel
+
+        model_class = AutoModel._model_mapping[type(AutoConfig.for_model(model_type))]
+    except Exception:  # an unknown model type: building it says why
+        return None
+    return "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+
+
 def local_positions(name: str | None) -> int | None:
     """``positions`` of a checkpoint that is here (the embedded one, a directory); None for a hub id
     (validation does not go to the network) or a checkpoint that cannot be read (training says why)."""

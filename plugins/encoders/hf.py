@@ -55,6 +55,12 @@ class HfEncoder(Encoder):
             return checkpoints.positions(options.config)
         return checkpoints.local_positions(options.pretrained)
 
+    @staticmethod
+    def has_pooler(options: HfOptions) -> bool | None:
+        """Whether the model type has a pooler (pooling = "pooler" needs one); None when unknown here."""
+        config = options.config if options.config is not None else checkpoints.local_config(options.pretrained)
+        return checkpoints.has_pooler((config or {}).get("model_type"))
+
     def __init__(self, model: nn.Module, tokenizer):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer

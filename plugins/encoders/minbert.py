@@ -62,6 +62,7 @@ class MinBertEncoder(MinBert):
     has_layer_slots = True  # PALs and other per-layer adapters can plug in
     input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
     hf_export = True  # save_hf(): a plain transformers BertModel
+    has_pooler = True  # BERT's tanh pooler (pooling = "pooler")
 
     @staticmethod
     def positions(options: MinBertOptions) -> int | None:

@@ -185,7 +185,12 @@ class Cosine(Head):
             return "the head projects the sentence vectors through its MLP (mlp = ...) before the cosine"
         if self.pooling == "pooler":
             return "the head reads BERT's tanh pooler, which sentence-transformers' Pooling has no mode for"
-        return SentenceEmbedding(self.pooling, normalize=True)  # the cosine is the dot of unit vectors
+        if self.affine:
+            meaning = (f"mtbert's score for a pair is {self.scale.item():.4g} x cos(u, v) + {self.bias.item():.4g} "
+                       f"(learned), clipped to [{self.low:g}, {self.high:g}]")
+        else:
+            meaning = f"mtbert's score for a pair is {self.high:g} x cos(u, v), clipped to [{self.low:g}, {self.high:g}]"
+        return SentenceEmbedding(self.pooling, normalize=True, meaning=meaning)  # the cosine: a dot of unit vectors
 
     def predict(self, output: Tensor) -> Tensor:
         output = output.float()

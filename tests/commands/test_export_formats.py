@@ -259,3 +259,70 @@ def test_real_minilm_classifier_through_pipeline_and_cross_encoder(registry, tmp
     export(run, tmp_path / "count", task="count", fmt="transformers")
     scores = torch.as_tensor(CrossEncoder(str(tmp_path / "count"), device="cpu").predict(PAIRS))
     assert torch.allclose(scores.float(), head_outputs(run, "count", PAIRS), atol=1e-4, rtol=0)
+
+
+LONG = [("wow " * 40 + "the plot was long", "a film " * 30), ("short", "wow wow")]  # far past max_length 16
+
+
+@pytest.mark.parametrize("run,fmt,task", [("pooler", "encoder", None), ("pooler", "transformers", "sent"),
+                                          ("pooler", "transformers", "dup"), ("bi", "sentence-transformers", "count"),
+                                          ("bi", "onnx", "count")],
+                         ids=["encoder", "pipeline", "cross-encoder", "sentence-transformers", "onnx-bi"])
+def test_every_card_snippet_runs_as_written_from_the_export(runs, tmp_path, run, fmt, task):
+    """The card's Python block, run in a fresh process from another folder, loads the export where
+    it was put (not the temporary it was written in) and says what the output means."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "exported"
+    export(runs[run], out, task=task, fmt=fmt)
+    card = (out / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("\n```", 1)[0]
+    assert ".export-" not in code and str(out) in code
+    assert code.splitlines()[-1].startswith("# ")  # the last line says what the output is
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if fmt == "sentence-transformers":
+        assert "3 x cos(u, v)" in card  # the cosine head's scale (high = 3)
+
+
+def test_exports_truncate_where_mtbert_does(runs, tmp_path):
+    """Trained at max_length 16: the export's tokenizer says 16, so CrossEncoder reads what mtbert reads."""
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "count"
+    export(runs["pooler"], out, task="count", fmt="transformers")
+    assert AutoTokenizer.from_pretrained(str(out)).model_max_length == 16
+    scores = torch.as_tensor(CrossEncoder(str(out), device="cpu").predict(LONG))
+    assert torch.allclose(scores.float(), head_outputs(runs["pooler"], "count", LONG), atol=1e-4, rtol=0)
+    for fmt in ("encoder", "onnx"):
+        export(runs["pooler"], tmp_path / fmt, task="count" if fmt == "onnx" else None, fmt=fmt)
+        assert AutoTokenizer.from_pretrained(str(tmp_path / fmt)).model_max_length == 16
+
+
+def test_a_binary_export_carries_the_positive_labels_name(runs, tmp_path):
+    import shutil
+
+    from transformers import pipeline
+
+    run = tmp_path / "named"
+    shutil.copytree(runs["pooler"], run)
+    spec = (run / "spec.toml").read_text()
+    marker = 'label = "dup"'
+    assert marker in spec
+    (run / "spec.toml").write_text(spec.replace(marker, marker + '\nlabel_names = ["different", "duplicate"]', 1))
+    out = tmp_path / "dup"
+    export(run, out, task="dup", fmt="transformers")
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "duplicate"}
+    answers = pipeline("text-classification", model=str(out), device="cpu")(
+        [{"text": a, "text_pair": b} for a, b in PAIRS])
+    logits = head_outputs(runs["pooler"], "dup", PAIRS)
+    assert [a["label"] for a in answers] == ["duplicate"] * len(PAIRS)
+    assert torch.allclose(torch.tensor([a["score"] for a in answers]), torch.sigmoid(logits), atol=1e-4)
+    card = (out / "README.md").read_text()
+    assert "above 0 means 'duplicate'" in card

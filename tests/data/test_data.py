@@ -390,8 +390,12 @@ def test_parse_label_names():
     assert parse_label(" positive ", LabelSpec("binary"), names) == 1
     with pytest.raises(ValueError, match="'neutral' is not one of the label_names"):
         parse_label("neutral", LabelSpec("binary"), names)
-    with pytest.raises(ValueError, match="label_names"):
-        parse_label("1", LabelSpec("binary"), names)  # names, when given, are the only text accepted
+    # numeric labels with names for them (the course's SST file with label_names): the number is the class
+    assert parse_label("1", LabelSpec("binary"), names) == 1
+    assert parse_label("3", LabelSpec("multiclass", 5), ["a", "b", "c", "d", "e"]) == 3
+    with pytest.raises(ValueError, match="nor a class number 0..1"):
+        parse_label("2", LabelSpec("binary"), names)
+    assert parse_label("1", LabelSpec("binary"), ["1", "0"]) == 0  # names that are numbers: names first
 
 
 def test_parse_label_name_beyond_the_heads_classes():

@@ -64,3 +64,27 @@ def test_last_layers_finds_the_roberta_layers(registry, tmp_path):
     trainer.fit(RunDir.create(spec, str(tmp_path / "run")))
     frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad]
     assert any(".layer.0." in n for n in frozen) and not any(".layer.1." in n for n in frozen)
+
+
+@pytest.mark.parametrize("model_type, config, has", [
+    ("roberta", {}, True), ("bert", {}, True),
+    ("electra", {"embedding_size": 32}, False),
+    ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}, False),
+    ("deberta-v2", {}, False),
+])
+def test_pooling_pooler_on_an_encoder_without_a_pooler_is_refused_at_validation(registry, tmp_path, model_type,
+                                                                                config, has):
+    """Before, it passed validate, made the run directory and failed at the first step."""
+    from mtbert.base.errors import SpecError
+
+    encoder = {**TINY_ROBERTA, "config": {**TINY_ROBERTA["config"], "model_type": model_type, **config}}
+    data = unstructure(toy_spec(registry, toy_data(tmp_path)))
+    data["encoder"] = encoder
+    data["tasks"]["sent"]["head"]["pooling"] = "pooler"
+    if has:
+        assert structure_spec(data, registry).tasks["sent"].head.options.pooling == "pooler"
+        return
+    with pytest.raises(SpecError) as caught:
+        structure_spec(data, registry)
+    message = dict(caught.value.problems)["tasks.sent.head.pooling"]
+    assert f"model_type {model_type}" in message and 'use pooling = "cls" or "mean"' in message
