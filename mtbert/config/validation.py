@@ -14,6 +14,8 @@ attribute                 kind         meaning
 ``has_layer_slots``       encoders     the encoder offers per-layer slots (``layer_slots``)
 ``positions``             encoders     ``positions(options)``: the longest input, or None
 ``has_pooler``            encoders     a pooler for pooling = "pooler" (or a function of the options)
+``attention_projections`` encoders     ``(options)``: the query / value projections' names ([]: unknown)
+``needs_attention_projections`` adapters ``(options)``: the adapter adapts those projections
 ``input_embeddings``      encoders     ``embed`` gives the input embeddings
 ``hf_export``             encoders     ``save_hf(directory)`` writes a Hugging Face model
 ``needs_layer_slots``     adapters     the adapter installs a branch in every layer
@@ -67,6 +69,11 @@ def run_name_problem(name: str) -> str | None:
     return None
 
 
+def of_options(capability, options):
+    """A capability that may depend on the component's options: called with them when it is a function."""
+    return capability(options) if callable(capability) else capability
+
+
 def describe_encoder(spec) -> str:
     """The encoder as a user named it: its name, and its model type when the spec gives one."""
     config = getattr(spec.encoder.options, "config", None)
@@ -95,8 +102,7 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     if longest is not None and spec.data.max_length > longest:
         problems.append(("data.max_length", f"{spec.data.max_length} tokens, but encoder \"{spec.encoder.name}\" "
                          f"takes at most {longest}; set data.max_length = {longest} or less"))
-    pooler = declared(registry, spec.encoder, "has_pooler", None)
-    pooler = pooler(spec.encoder.options) if callable(pooler) else pooler
+    pooler = of_options(declared(registry, spec.encoder, "has_pooler", None), spec.encoder.options)
     if pooler is False:
         for name, task in spec.tasks.items():
             if getattr(task.head.options, "pooling", None) == "pooler":
@@ -138,6 +144,12 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
             problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
                              f"which encoder \"{spec.encoder.name}\" does not offer; use an encoder that does: "
                              f"{offering(registry, 'has_layer_slots')}"))
+        if of_options(declared(registry, adapter, "needs_attention_projections"), adapter.options) and \
+                of_options(declared(registry, spec.encoder, "attention_projections", None), spec.encoder.options) == []:
+            problems.append((f"adapters[{i}].targets", f"\"{adapter.name}\" adapts the attention's query and value "
+                             f"projections by default, whose names mtbert does not know for this encoder "
+                             f"({describe_encoder(spec)}); name the linear layers to adapt, e.g. targets = "
+                             "[\"q_proj\", \"v_proj\"] (the run's error lists the encoder's linear layers)"))
     for i, regularizer in enumerate(spec.regularizers):
         if declared(registry, regularizer, "needs_embeddings") and \
                 not declared(registry, spec.encoder, "input_embeddings"):

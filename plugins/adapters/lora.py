@@ -42,7 +42,8 @@ class LoraOptions:
     r: int = attrs.field(default=8, validator=at_least(1))
     alpha: float = attrs.field(default=16.0, validator=greater_than(0.0))
     dropout: float = attrs.field(default=0.0, validator=probability)
-    targets: list[str] = attrs.field(factory=lambda: ["query", "value"], validator=non_empty)
+    # None: the attention's query and value projections, by the encoder's model type
+    targets: list[str] | None = attrs.field(default=None, validator=non_empty)
     init_std: float = attrs.field(default=0.02, validator=greater_than(0.0))
 
 
@@ -83,6 +84,12 @@ class Lora(nn.Module):
 
     mergeable = True  # merge() folds it into the encoder's weights (mtbert export)
 
+    @staticmethod
+    def needs_attention_projections(options: LoraOptions) -> bool:
+        """Without targets it adapts the encoder's query and value projections: validation checks the
+        encoder's model type has known ones."""
+        return options.targets is None
+
     def __init__(self, factors: dict[str, LoraFactors], scale: float):
         super().__init__()
         self.wrapped = list(factors)  # the encoder's module names, in order
@@ -118,12 +125,17 @@ def _matches(name: str, targets: list[str]) -> bool:
 def build_lora(options: LoraOptions, encoder: nn.Module, tasks: list[str]) -> Lora:
     """LoRA: low-rank updates B A added to chosen linears of the encoder (query, value)."""
     linears = [(n, m) for n, m in encoder.named_modules() if isinstance(m, nn.Linear)]
-    chosen = [(n, m) for n, m in linears if _matches(n, options.targets)]
+    # the encoder's own names for its query and value projections (BERT's on a module that says nothing)
+    targets = options.targets or getattr(encoder, "query_value", ["query", "value"])
+    if not targets:
+        raise PluginError(f"adapter \"lora\": mtbert does not know the attention projections of this encoder "
+                          f"({type(encoder).__name__}); name the linear layers to adapt with targets = [...]")
+    chosen = [(n, m) for n, m in linears if _matches(n, targets)]
     if not chosen:
         names = [n for n, _ in linears]
         some = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         raise PluginError(f"adapter \"lora\": no linear layer of the encoder matches targets "
-                          f"{', '.join(map(repr, options.targets))}; its linear layers are: {some or 'none'}")
+                          f"{', '.join(map(repr, targets))}; its linear layers are: {some or 'none'}")
     scale = options.alpha / options.r
     factors = {}
     for name, linear in chosen:

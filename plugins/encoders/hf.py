@@ -41,6 +41,22 @@ class HfOptions:
             yield "tokenizer", "a model built from config needs a tokenizer (a checkpoint name or directory)"
 
 
+# The attention's query and value projections by model type (module names' last parts), what LoRA
+# adapts by default (Hu et al. 2021, section 4.1); a fused projection is named once.
+QUERY_VALUE = {
+    **dict.fromkeys(["bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "albert",
+                     "ernie", "megatron-bert", "data2vec-text", "roc_bert", "nezha", "xmod", "luke",
+                     "layoutlm", "splinter", "rembert", "big_bird", "canine"], ["query", "value"]),
+    "mpnet": ["q", "v"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "deberta": ["in_proj"],
+    "modernbert": ["Wqkv"],
+    "funnel": ["q_head", "v_head"],
+    **dict.fromkeys(["eurobert", "llama", "mistral", "qwen2", "gemma"], ["q_proj", "v_proj"]),
+}
+
+
 class HfEncoder(Encoder):
     # Capabilities (read by validation through the registry, declared here once)
     has_layer_slots = False  # no per-layer adapter slots: PALs need minbert
@@ -56,6 +72,15 @@ class HfEncoder(Encoder):
         return checkpoints.local_positions(options.pretrained)
 
     @staticmethod
+    def attention_projections(options: HfOptions) -> list[str] | None:
+        """The query and value projections' names for this model type ([] when mtbert does not know
+        them; None when the model type cannot be read without the network)."""
+        config = options.config if options.config is not None else checkpoints.local_config(options.pretrained)
+        if not config or "model_type" not in config:
+            return None
+        return QUERY_VALUE.get(config["model_type"], [])
+
+    @staticmethod
     def has_pooler(options: HfOptions) -> bool | None:
         """Whether the model type has a pooler (pooling = "pooler" needs one); None when unknown here."""
         config = options.config if options.config is not None else checkpoints.local_config(options.pretrained)
@@ -67,6 +92,7 @@ class HfEncoder(Encoder):
         self.hidden_size = model.config.hidden_size
         # RoBERTa-style models have a single token type; passing 1s would index out of range.
         self.uses_token_types = getattr(model.config, "type_vocab_size", 0) > 1
+        self.query_value = QUERY_VALUE.get(model.config.model_type)  # what LoRA adapts by default
 
     @property
     def pooler(self) -> nn.Module | None:

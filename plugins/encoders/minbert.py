@@ -63,6 +63,8 @@ class MinBertEncoder(MinBert):
     input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
     hf_export = True  # save_hf(): a plain transformers BertModel
     has_pooler = True  # BERT's tanh pooler (pooling = "pooler")
+    attention_projections = ["query", "value"]  # what LoRA adapts by default
+    query_value = ["query", "value"]
 
     @staticmethod
     def positions(options: MinBertOptions) -> int | None:

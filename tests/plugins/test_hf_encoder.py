@@ -88,3 +88,39 @@ def test_pooling_pooler_on_an_encoder_without_a_pooler_is_refused_at_validation(
         structure_spec(data, registry)
     message = dict(caught.value.problems)["tasks.sent.head.pooling"]
     assert f"model_type {model_type}" in message and 'use pooling = "cls" or "mean"' in message
+
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "vocab_size": 30522, "max_position_embeddings": 64, "pad_token_id": 0}
+FAMILIES = {  # model type -> config fields beyond TINY, the projections LoRA must find by default
+    "bert": ({}, {"query", "value"}),
+    "deberta-v2": ({}, {"query_proj", "value_proj"}),
+    "distilbert": ({"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}, {"q_lin", "v_lin"}),
+    "electra": ({"embedding_size": 32}, {"query", "value"}),
+    "modernbert": ({"global_attn_every_n_layers": 1, "local_attention": 16}, {"Wqkv"}),
+    "mpnet": ({}, {"q", "v"}),
+}
+
+
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_lora_defaults_to_each_familys_query_and_value_projections(registry, model_type):
+    from mtbert.config.spec import structure_component
+
+    extra, expected = FAMILIES[model_type]
+    encoder_spec = {"name": "hf", "tokenizer": "minilm-l6", "config": {"model_type": model_type, **TINY, **extra}}
+    encoder = make(registry, structure_component("encoders", encoder_spec, registry))
+    lora = make(registry, structure_component("adapters", {"name": "lora", "r": 2}, registry), encoder, ["a"])
+    layers = {name.rsplit(".", 1)[-1] for name in lora.wrapped}
+    assert layers == expected and len(lora.wrapped) == 2 * len(expected)  # every layer's, two layers
+
+
+def test_lora_on_a_model_type_without_known_projections_is_refused_at_validation(registry, tmp_path):
+    data = unstructure(toy_spec(registry, toy_data(tmp_path)))
+    data["encoder"] = {**TINY_ROBERTA, "config": {**TINY_ROBERTA["config"], "model_type": "xlnet", "d_model": 32,
+                                                  "n_layer": 2, "n_head": 2, "d_inner": 64}}
+    data["adapters"] = [{"name": "lora"}]
+    with pytest.raises(SpecError) as caught:
+        structure_spec(data, registry)
+    assert "model_type xlnet" in dict(caught.value.problems)["adapters[0].targets"]
+    data["adapters"] = [{"name": "lora", "targets": ["q", "v"]}]  # named: no check of the defaults
+    assert structure_spec(data, registry).adapters[0].options.targets == ["q", "v"]
