@@ -14,6 +14,8 @@ attribute                 kind         meaning
 ``has_layer_slots``       encoders     the encoder offers per-layer slots (``layer_slots``)
 ``positions``             encoders     ``positions(options)``: the longest input, or None
 ``has_pooler``            encoders     a pooler for pooling = "pooler" (or a function of the options)
+``has_layers``            encoders     one layer module per depth (trainable = "last_layers")
+``supports_bf16``         encoders     runs under bf16 autocast (default True; train.precision = "bf16")
 ``attention_projections`` encoders     ``(options)``: the query / value projections' names ([]: unknown)
 ``needs_attention_projections`` adapters ``(options)``: the adapter adapts those projections
 ``input_embeddings``      encoders     ``embed`` gives the input embeddings
@@ -102,6 +104,11 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
     if longest is not None and spec.data.max_length > longest:
         problems.append(("data.max_length", f"{spec.data.max_length} tokens, but encoder \"{spec.encoder.name}\" "
                          f"takes at most {longest}; set data.max_length = {longest} or less"))
+    problems += _layers(spec, registry)
+    if spec.train.precision == "bf16" and \
+            of_options(declared(registry, spec.encoder, "supports_bf16", True), spec.encoder.options) is False:
+        problems.append(("train.precision", f"this encoder ({describe_encoder(spec)}) fails in bf16 inside "
+                         "transformers; use precision = \"fp32\" (\"auto\" falls back to it)"))
     pooler = of_options(declared(registry, spec.encoder, "has_pooler", None), spec.encoder.options)
     if pooler is False:
         for name, task in spec.tasks.items():
@@ -157,6 +164,20 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
                              f"encoder \"{spec.encoder.name}\" does not give (no input_embeddings); "
                              f"use an encoder that does: {offering(registry, 'input_embeddings')}"))
     return problems
+
+
+def _layers(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
+    """Training the last layers needs the encoder's layers one by one: refused for an encoder whose
+    layers cannot be found (asked only when a phase trains the last layers). Per-layer gradient blocks
+    come from the parameters' names instead (mtbert/toolkit/pertask.py), ALBERT's shared layers too."""
+    needing = [(phase.where("trainable"), 'trainable = "last_layers"') for phase in resolve_phases(spec)
+               if phase.trainable == "last_layers"]
+    if not needing or of_options(declared(registry, spec.encoder, "has_layers", None), spec.encoder.options) \
+            is not False:
+        return []
+    return [(where, f"{what} needs the encoder's layers one by one, which this encoder ({describe_encoder(spec)}) "
+             "does not have (ALBERT shares one group of layers across depths); train everything (trainable = "
+             '"all"), or the heads (trainable = "heads")') for where, what in needing]
 
 
 def _requirements(spec: Spec, registry: Registry, phase) -> list[tuple[str, str]]:

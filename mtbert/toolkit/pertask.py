@@ -47,7 +47,9 @@ ROW_EPS = torch.finfo(torch.float32).eps
 SLAB_BYTES = {"cpu": 8 << 20, "other": 256 << 20}  # float64 scratch for one pass of the Gram matrix
 GRANULARITIES = ("model", "layer", "tensor")
 
-_LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+# ``layer.K.`` / ``layers.K.`` after a dot or an underscore: BERT's ``encoder.layer.3.``, ModernBERT's
+# ``layers.3.``, ALBERT's ``albert_layer_groups.0.albert_layers.0.`` (its layers are shared by depth)
+_LAYER = re.compile(r"(?:^|[._])layers?\.(\d+)\.")
 
 
 def block_keys(names: list[str], granularity: str) -> list[str]:
@@ -63,13 +65,15 @@ def block_keys(names: list[str], granularity: str) -> list[str]:
         return list(names)
     if granularity != "layer":
         raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    container = next((name[:m.start()] for name in names if (m := _LAYER.search(name))), "")
+    containers = {name[:m.start()] for name in names if (m := _LAYER.search(name))}
+    container = min(containers, key=len) if containers else ""
     inside = container.split(".") if container else []
     keys = []
     for name in names:
         match = _LAYER.search(name)
-        if match:
-            keys.append(f"layer {match.group(1)}")
+        if match:  # layers of several containers (ALBERT's groups) are told apart by their container
+            where = name[:match.start()]
+            keys.append(f"layer {match.group(1)}" if len(containers) == 1 else f"{where} layer {match.group(1)}")
             continue
         parts = name.split(".")
         k = 0

@@ -67,6 +67,7 @@ from mtbert.runs.rundir import RunDir
 from mtbert.training.runwriter import RunWriter
 from mtbert.base.signals import StopRequest
 from mtbert.config.spec import Spec
+from mtbert.config.validation import of_options
 from mtbert.runs.state import STATE_FORMAT, RandomState, load_state
 from mtbert.training.statecheck import check_phase, check_state
 
@@ -129,9 +130,15 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = choose_device(cfg.device)
-        self.autocast = autocast_for(self.device, cfg.precision)
+        precision = cfg.precision
+        if precision == "auto" and precision_for(self.device, precision) == "bf16" and not of_options(
+                registry.get("encoders", spec.encoder.name).capability("supports_bf16", True), spec.encoder.options):
+            log.warning("encoder %s does not run in bf16: training in fp32 (train.precision = \"auto\")",
+                        spec.encoder.name)  # explicit "bf16" is refused at validation
+            precision = "fp32"
+        self.autocast = autocast_for(self.device, precision)
         self.model = build_model(spec, registry)
-        self.context = LoopContext(self.device, precision_for(self.device, cfg.precision), cfg.accumulate,
+        self.context = LoopContext(self.device, precision_for(self.device, precision), cfg.accumulate,
                                    self.dist.world, self.dist.rank, self.dist.average,
                                    self.model.named_shared_parameters)
         if spec.init_from is not None:  # e.g. heads trained by an earlier run (report 001's transfer)

@@ -21,7 +21,7 @@ import attrs
 from torch import Tensor, nn
 
 from mtbert.toolkit import pretrained as checkpoints
-from mtbert.base.errors import CheckpointError
+from mtbert.base.errors import CheckpointError, first_line
 from mtbert.plugin.hookspecs import hookimpl
 from mtbert.plugin.interfaces import Encoded, Encoder
 
@@ -57,6 +57,22 @@ QUERY_VALUE = {
 }
 
 
+NO_BF16 = {"deberta"}  # model types whose transformers code fails under bf16 autocast
+LAYER_PATHS = ("encoder.layer", "encoder.layers", "layers", "transformer.layer")
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer layers in order, one module per depth; None for a model without such a list
+    (ALBERT: one group of layers shared by every depth)."""
+    for path in LAYER_PATHS:
+        module = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    return None
+
+
 class HfEncoder(Encoder):
     # Capabilities (read by validation through the registry, declared here once)
     has_layer_slots = False  # no per-layer adapter slots: PALs need minbert
@@ -81,6 +97,12 @@ class HfEncoder(Encoder):
         return QUERY_VALUE.get(config["model_type"], [])
 
     @staticmethod
+    def supports_bf16(options: HfOptions) -> bool:
+        """DeBERTa (v1) fills a bf16 tensor with float32's minimum inside transformers and fails: fp32 only."""
+        config = options.config if options.config is not None else checkpoints.local_config(options.pretrained)
+        return (config or {}).get("model_type") not in NO_BF16
+
+    @staticmethod
     def has_pooler(options: HfOptions) -> bool | None:
         """Whether the model type has a pooler (pooling = "pooler" needs one); None when unknown here."""
         config = options.config if options.config is not None else checkpoints.local_config(options.pretrained)
@@ -102,14 +124,33 @@ class HfEncoder(Encoder):
 
     @property
     def layers(self) -> nn.ModuleList:
-        for path in ("encoder.layer", "encoder.layers", "layers", "transformer.layer"):
-            module = self.model
-            for part in path.split("."):
-                module = getattr(module, part, None)
-            if isinstance(module, nn.ModuleList):
-                return module
-        raise CheckpointError(f"cannot find the transformer layers of {type(self.model).__name__}; "
-                              "trainable = \"last_layers\" is not available for it")
+        found = find_layers(self.model)
+        if found is None:
+            raise CheckpointError(f"cannot find the transformer layers of {type(self.model).__name__}; "
+                                  "trainable = \"last_layers\" is not available for it")
+        return found
+
+    @staticmethod
+    def has_layers(options: HfOptions) -> bool | None:
+        """Whether the model's transformer layers (one module per depth) can be found, told by building
+        the model on the meta device (no memory, no weights); None when its config is not here."""
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            if options.config is not None:
+                settings = dict(options.config)
+                config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+            elif checkpoints.local_config(options.pretrained) is not None:
+                config = AutoConfig.from_pretrained(str(checkpoints.resolve(options.pretrained)),
+                                                    trust_remote_code=False)
+            else:
+                return None
+            with torch.device("meta"):
+                model = AutoModel.from_config(config)
+        except Exception:  # building it for real says what is wrong
+            return None
+        return find_layers(model) is not None
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         return self.model.get_input_embeddings()(input_ids)
@@ -123,7 +164,12 @@ class HfEncoder(Encoder):
             kwargs["input_ids"] = input_ids
         else:
             kwargs["inputs_embeds"] = inputs_embeds
-        out = self.model(**kwargs)
+        try:
+            out = self.model(**kwargs)
+        except (ValueError, TypeError, IndexError) as exc:  # transformers' own error, in one screen
+            raise CheckpointError(f"the {self.model.config.model_type} model failed inside transformers: "
+                                  f"{first_line(exc)}\n  fix: this model type may not take mtbert's batches "
+                                  "(dynamic padding, token types); try another encoder") from None
         return Encoded(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
 
     def save_architecture(self, directory: Path) -> None:

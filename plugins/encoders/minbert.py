@@ -63,6 +63,7 @@ class MinBertEncoder(MinBert):
     input_embeddings = True  # embed(): word + position + token-type embeddings, normalized
     hf_export = True  # save_hf(): a plain transformers BertModel
     has_pooler = True  # BERT's tanh pooler (pooling = "pooler")
+    has_layers = True  # one layer module per depth (trainable = "last_layers")
     attention_projections = ["query", "value"]  # what LoRA adapts by default
     query_value = ["query", "value"]
 

@@ -200,6 +200,14 @@ def test_layer_blocks_from_names():
     assert block_keys(["embeddings.x", "layers.2.w", "pooler.b"], "layer") == ["embeddings", "layer 2", "pooler"]
     assert block_keys(names[:3], "model") == ["model"] * 3
     assert block_keys(names[:3], "tensor") == names[:3]
+    albert = ["embeddings.word_embeddings.weight", "encoder.embedding_hidden_mapping_in.weight",
+              "encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight",
+              "encoder.albert_layer_groups.0.albert_layers.1.ffn.weight", "pooler.weight"]
+    assert block_keys(albert, "layer") == [  # ALBERT's shared layers: one block per distinct layer module
+        "embeddings", "encoder.embedding_hidden_mapping_in", "layer 0", "layer 1", "pooler"]
+    groups = [albert[2], albert[2].replace("groups.0", "groups.1")]
+    assert block_keys(groups, "layer") == ["encoder.albert_layer_groups.0.albert layer 0",
+                                           "encoder.albert_layer_groups.1.albert layer 0"]
 
 
 def blockwise_reference(method_name, names, granularity, g1, g2, target=None, beta=0.01):

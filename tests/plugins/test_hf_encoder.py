@@ -124,3 +124,49 @@ def test_lora_on_a_model_type_without_known_projections_is_refused_at_validation
     assert "model_type xlnet" in dict(caught.value.problems)["adapters[0].targets"]
     data["adapters"] = [{"name": "lora", "targets": ["q", "v"]}]  # named: no check of the defaults
     assert structure_spec(data, registry).adapters[0].options.targets == ["q", "v"]
+
+
+ALBERT = {"model_type": "albert", **TINY, "embedding_size": 16}
+
+
+def test_last_layers_on_albert_is_refused_at_validation_and_its_layers_give_gradient_blocks(registry, tmp_path):
+    """ALBERT shares one group of layers across depths: no 'last layers' to train (refused before a run
+    directory exists), while per-layer gradient surgery gets its shared layer as a block of its own."""
+    from mtbert.toolkit.pertask import block_keys
+
+    data = unstructure(toy_spec(registry, toy_data(tmp_path)))
+    data["encoder"] = {"name": "hf", "tokenizer": "minilm-l6", "config": ALBERT}
+    data["train"].update(trainable="last_layers")
+    with pytest.raises(SpecError) as caught:
+        structure_spec(data, registry)
+    assert "model_type albert" in dict(caught.value.problems)["train.trainable"]
+    data["train"].update(trainable="all")
+    encoder = make(registry, structure_spec(data, registry).encoder)
+    keys = set(block_keys([n for n, _ in encoder.model.named_parameters()], "layer"))
+    assert "layer 0" in keys and "embeddings" in keys and len(keys) >= 3
+    data["encoder"]["config"] = {**ALBERT, "model_type": "bert"}
+    data["train"].update(trainable="last_layers")
+    assert structure_spec(data, registry).train.trainable == "last_layers"
+
+
+def test_deberta_v1_in_bf16_is_refused_at_validation_and_auto_trains_in_fp32(registry, tmp_path, caplog):
+    import logging
+
+    data = unstructure(toy_spec(registry, toy_data(tmp_path), steps=1))
+    data["encoder"] = {"name": "hf", "tokenizer": "minilm-l6", "config": {"model_type": "deberta", **TINY}}
+    data["train"].update(precision="bf16")
+    with pytest.raises(SpecError) as caught:
+        structure_spec(data, registry)
+    assert "model_type deberta" in dict(caught.value.problems)["train.precision"]
+    data["train"].update(precision="auto")
+    spec = structure_spec(data, registry)
+    import mtbert.training.loop as loop
+
+    real = loop.choose_device
+    loop.choose_device = lambda setting: torch.device("cuda")  # as if on a GPU: auto would pick bf16
+    try:
+        with caplog.at_level(logging.WARNING, logger="mtbert"), pytest.raises(Exception):
+            Trainer(spec, registry, progress=False)  # stops at moving to the absent GPU, after the choice
+    finally:
+        loop.choose_device = real
+    assert "does not run in bf16: training in fp32" in caplog.text
