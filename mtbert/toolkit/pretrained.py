@@ -109,8 +109,10 @@ def check_config(config: dict, path) -> None:
                               "type transformers itself provides")
     for key in SIZES:
         value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= LARGEST):
-            raise CheckpointError(f"{path}: {key} = {value!r} is not a size (a whole number from 1 to {LARGEST})")
+        least = 0 if key == "type_vocab_size" else 1  # DeBERTa has no token types: 0
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not least <= value <= LARGEST):
+            raise CheckpointError(f"{path}: {key} = {value!r} is not a size (a whole number from {least} to "
+                                  f"{LARGEST})")
     for key, value in config.items():
         if key.endswith(("dropout", "dropout_prob")) and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
