@@ -147,7 +147,8 @@ def check_run(spec: Spec, registry: Registry) -> list[tuple[str, str]]:
                     problems.append((f"{where}[{i}].tasks", f"unknown task {task!r}{closest(task, spec.tasks)}; "
                                      f"tasks: {', '.join(spec.tasks)}"))
     for i, adapter in enumerate(spec.adapters):
-        if declared(registry, adapter, "needs_layer_slots") and not declared(registry, spec.encoder, "has_layer_slots"):
+        if declared(registry, adapter, "needs_layer_slots") and \
+                of_options(declared(registry, spec.encoder, "has_layer_slots"), spec.encoder.options) is False:
             problems.append((f"adapters[{i}]", f"\"{adapter.name}\" adds a branch inside every encoder layer, "
                              f"which encoder \"{spec.encoder.name}\" does not offer; use an encoder that does: "
                              f"{offering(registry, 'has_layer_slots')}"))

@@ -168,7 +168,8 @@ def build_pals(options: PalsOptions, encoder, tasks: list[str]) -> Pals:
     slots = getattr(encoder, "layer_slots", None)
     if slots is None:
         raise PluginError(f"adapter \"pals\" adds a branch inside every encoder layer, but this encoder "
-                          f"({type(encoder).__name__}) has no layer_slots; use encoder \"minbert\"")
+                          f"({type(encoder).__name__}) has no layer_slots; use encoder \"minbert\", or \"hf\" "
+                          "on a model whose layers mtbert finds (not ALBERT's shared ones)")
     chosen = list(tasks) if options.tasks is None else list(options.tasks)
     unknown = [t for t in chosen if t not in tasks]
     if unknown:

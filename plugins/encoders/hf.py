@@ -75,7 +75,6 @@ def find_layers(model: nn.Module) -> nn.ModuleList | None:
 
 class HfEncoder(Encoder):
     # Capabilities (read by validation through the registry, declared here once)
-    has_layer_slots = False  # no per-layer adapter slots: PALs need minbert
     input_embeddings = True  # embed(): the model's input embeddings (what SMART perturbs)
     hf_export = True  # save_hf(): `mtbert export` writes it back as the transformers model it is
 
@@ -115,6 +114,42 @@ class HfEncoder(Encoder):
         # RoBERTa-style models have a single token type; passing 1s would index out of range.
         self.uses_token_types = getattr(model.config, "type_vocab_size", 0) > 1
         self.query_value = QUERY_VALUE.get(model.config.model_type)  # what LoRA adapts by default
+        self.layer_slots = self._add_slots(find_layers(model))
+        self._running: tuple[Tensor, str | None] | None = None  # the mask and task of the forward in progress
+
+    def _add_slots(self, layers: nn.ModuleList | None) -> list[nn.ModuleList] | None:
+        """One slot per layer for per-layer adapters (PALs). transformers' layers cannot take a branch
+        inside, so each branch sees the layer's input and its output is added to the layer's output,
+        after the layer's last LayerNorm (minbert, like the PALs paper, adds it before that LayerNorm)."""
+        if layers is None:
+            return None
+        slots = [nn.ModuleList() for _ in layers]  # not registered: the branches hold no parameters
+        for layer, slot in zip(layers, slots):
+            layer.register_forward_pre_hook(self._keep_input(slot), with_kwargs=True)
+            layer.register_forward_hook(self._branches(slot))
+        return slots
+
+    @staticmethod
+    def _keep_input(slot: nn.ModuleList):
+        def keep(layer, args, kwargs):
+            if len(slot):  # an empty slot (no PALs) keeps nothing
+                layer.__dict__["_slot_input"] = args[0] if args else next(
+                    kwargs[k] for k in ("hidden_states", "hidden_state", "x") if k in kwargs)
+        return keep
+
+    def _branches(self, slot: nn.ModuleList):
+        def add(layer, args, output):
+            h = layer.__dict__.pop("_slot_input", None)
+            if not len(slot) or self._running is None or h is None:
+                return output
+            mask, task = self._running
+            states = output[0] if isinstance(output, tuple) else output
+            for branch in slot:
+                extra = branch(h, states, mask, task)
+                if extra is not None:
+                    states = states + extra
+            return (states, *output[1:]) if isinstance(output, tuple) else states
+        return add
 
     @property
     def pooler(self) -> nn.Module | None:
@@ -129,6 +164,11 @@ class HfEncoder(Encoder):
             raise CheckpointError(f"cannot find the transformer layers of {type(self.model).__name__}; "
                                   "trainable = \"last_layers\" is not available for it")
         return found
+
+    @staticmethod
+    def has_layer_slots(options: HfOptions) -> bool | None:
+        """Per-layer slots (PALs) wherever the layers can be found: one hook pair per layer."""
+        return HfEncoder.has_layers(options)
 
     @staticmethod
     def has_layers(options: HfOptions) -> bool | None:
@@ -164,12 +204,15 @@ class HfEncoder(Encoder):
             kwargs["input_ids"] = input_ids
         else:
             kwargs["inputs_embeds"] = inputs_embeds
+        self._running = (attention_mask[:, None, None, :].bool(), task)  # what the layers' slots need
         try:
             out = self.model(**kwargs)
         except (ValueError, TypeError, IndexError) as exc:  # transformers' own error, in one screen
             raise CheckpointError(f"the {self.model.config.model_type} model failed inside transformers: "
                                   f"{first_line(exc)}\n  fix: this model type may not take mtbert's batches "
                                   "(dynamic padding, token types); try another encoder") from None
+        finally:
+            self._running = None
         return Encoded(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
 
     def save_architecture(self, directory: Path) -> None:

@@ -69,3 +69,39 @@ def test_trains_in_bf16(registry, tmp_path, family):
     spec = structure_spec(data, registry)
     best = Trainer(spec, registry, progress=False).fit(RunDir.create(spec, tmp_path / "run"))
     assert best is not None and torch.isfinite(torch.tensor(best["overall"]))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta-v2", "distilbert", "modernbert"])
+def test_pals_on_hf_encoders(registry, tmp_path, family):
+    """Per-layer slots on transformers' layers: PALs start as the plain encoder (their decoder is zero),
+    change each task's states alone once trained, and resume bitwise."""
+    from mtbert.config.spec import structure_component
+
+    data = family_data(registry, tmp_path, family, steps=4, save_every=2, eval_every=4)
+    data["adapters"] = [{"name": "pals", "size": 8, "heads": 2}]
+    spec = structure_spec(data, registry)
+    encoder = make(registry, spec.encoder).eval()
+    batch = encoder.tokenizer(["the movie was good", "bad"], padding=True, return_tensors="pt")
+    args = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    plain = encoder(*args, task="sent").states
+    pals = make(registry, structure_component("adapters", {"name": "pals", "size": 8, "heads": 2}, registry),
+                encoder, ["sent", "count"]).eval()
+    assert torch.equal(encoder(*args, task="sent").states, plain)  # a zero decoder adds nothing
+    with torch.no_grad():  # random, not constant: a constant per token is what a LayerNorm removes
+        torch.manual_seed(0)
+        for p in pals.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    changed = encoder(*args, task="sent").states
+    assert not torch.allclose(changed, plain) and torch.equal(encoder(*args, task=None).states, plain)
+    assert not torch.allclose(encoder(*args, task="count").states, changed)  # each task its own PALs
+    assert_resumes_bitwise(registry, spec, tmp_path / "runs", at_step=3)
+
+
+def test_pals_on_albert_are_refused_at_validation(registry, tmp_path):
+    from mtbert.base.errors import SpecError
+
+    data = family_data(registry, tmp_path, "albert")
+    data["adapters"] = [{"name": "pals"}]
+    with pytest.raises(SpecError) as caught:
+        structure_spec(data, registry)
+    assert "adds a branch inside every encoder layer" in dict(caught.value.problems)["adapters[0]"]
