@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
-from mtbert.config.spec import structure_spec
 # the plugin kit's toy run, its interruption and its step rounds: one definition, shared with outside authors
 from mtbert.testing.readback import step_round  # noqa: F401
 from mtbert.testing.runs import TINY_ENCODER, FILLER, Interrupted, interrupt_at, toy_data, toy_spec  # noqa: F401
@@ -121,3 +119,15 @@ def aggregate(method, grads, losses=None):
                      for t, g, v in zip(tasks, grads, values)})
     method.finish()
     return param.grad.clone()
+
+
+def finished_toy_run(registry, directory, rows: int = 64):
+    """One epoch of the toy run, finished, in ``directory``/run: (the run directory, the data folder)."""
+    from mtbert.runs.rundir import RunDir
+    from mtbert.training.loop import Trainer
+
+    data = toy_data(Path(directory) / "data", n=rows)
+    spec = toy_spec(registry, data, epochs=1)
+    run = RunDir.create(spec, Path(directory) / "run")
+    Trainer(spec, registry, progress=False).fit(run)
+    return run.path, data

@@ -29,15 +29,21 @@ def probe_batch(tokenizer, pairs: bool, max_length: int) -> dict[str, torch.Tens
                      padding=True, return_tensors="pt", return_token_type_ids=True)
 
 
-def save_tokenizer(tokenizer, directory: Path, max_length: int) -> None:
+def save_tokenizer(tokenizer, directory: Path, max_length: int, token_types: bool = True) -> None:
     """The tokenizer, recording the length the model was trained and evaluated at: every library
-    that loads it then truncates where mtbert does (not at the checkpoint's 512)."""
+    that loads it then truncates where mtbert does (not at the checkpoint's 512); without
+    ``token_types`` (a model with one token type) it gives no token_type_ids, as mtbert feeds none."""
     kept = tokenizer.model_max_length
     tokenizer.model_max_length = max_length
     try:
         tokenizer.save_pretrained(str(directory))
     finally:
         tokenizer.model_max_length = kept
+    if not token_types:  # written into its config: loaders pass it to the tokenizer's constructor
+        path = Path(directory) / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["model_input_names"] = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+        path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _compare(what: str, ours: torch.Tensor, theirs: torch.Tensor, tolerance: float) -> None:
@@ -58,28 +64,42 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
 
     encoder = model.encoder
     model_type = encoder.save_hf(directory)
-    if model_type != "bert":
-        raise MtbertError(f"the encoder is a {model_type!r} model; the transformers classification export "
-                          "writes BERT's pooler -> linear classifier, which only a BERT encoder has")
-    weights = {f"bert.{name}": t for name, t in load_file(str(directory / "model.safetensors")).items()}
-    if "bert.pooler.dense.weight" not in weights:
-        raise MtbertError("the encoder has no pooler weights; a BERT sequence classifier needs them")
-    weights["classifier.weight"] = top.linear.weight.detach().cpu().contiguous()
-    weights["classifier.bias"] = top.linear.bias.detach().cpu().contiguous()
+    files = sorted(directory.glob("*.safetensors"))
+    base = {name: t for file in files for name, t in load_file(str(file)).items()}
+    for file in files:
+        file.unlink()
+    if top.top is not None:  # the model type's own top, under its own names, beside its base model
+        weights = {f"{top.prefix}.{name}": t for name, t in base.items() if name in top.base_keys}
+        weights.update(top.top)
+        architecture = top.architecture
+    else:
+        if model_type != "bert":
+            raise MtbertError(f"the encoder is a {model_type!r} model; this head exports as BERT's pooler -> "
+                              "linear classifier, which only a BERT encoder has; train the task with head "
+                              "\"own_classifier\" (the model type's own classification head) to export it")
+        weights = {f"bert.{name}": t for name, t in base.items()}
+        if "bert.pooler.dense.weight" not in weights:
+            raise MtbertError("the encoder has no pooler weights; a BERT sequence classifier needs them")
+        weights["classifier.weight"] = top.linear.weight.detach().cpu().contiguous()
+        weights["classifier.bias"] = top.linear.bias.detach().cpu().contiguous()
+        architecture = "BertForSequenceClassification"
     tensorfiles.save(weights, directory / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((directory / "config.json").read_text())
     labels = top.label_names
-    config.update(architectures=["BertForSequenceClassification"], problem_type=top.problem_type,
+    config.update(architectures=[architecture], problem_type=top.problem_type,
                   id2label={str(i): n for i, n in enumerate(labels)}, label2id={n: i for i, n in enumerate(labels)})
     if len(labels) == 1:  # CrossEncoder: give the head's raw score, not a sigmoid of it
         config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.linear.Identity"}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_tokenizer(encoder.tokenizer, directory, max_length)
+    token_types = getattr(encoder, "uses_token_types", True)
+    save_tokenizer(encoder.tokenizer, directory, max_length, token_types)
 
     loaded = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
     batch = probe_batch(encoder.tokenizer, pairs, max_length)
+    # a model with one token type (RoBERTa) gets no token_type_ids, as its tokenizer (as saved) gives none
+    given = {k: v for k, v in batch.items() if token_types or k != "token_type_ids"}
     with torch.no_grad():
-        theirs = loaded(**batch).logits
+        theirs = loaded(**given).logits
         ours = model(task, dict(batch))
     _compare("transformers", ours.reshape(theirs.shape), theirs, 1e-4)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from mtbert.data.splits import Split, load_split
 from mtbert.data.cache import Cache
-from mtbert.base.errors import MtbertError, PluginError
+from mtbert.base.errors import MtbertError
 from mtbert.plugin.interfaces import LabelSpec, ParamGroup
 from mtbert.model.multitask import MultitaskModel
 from mtbert.base.paths import expand
@@ -35,7 +35,11 @@ def pair_encoding(registry: Registry, head: ComponentSpec) -> str:
 def build_model(spec: Spec, registry: Registry, restore: Path | None = None) -> MultitaskModel:
     kwargs = {"restore": restore} if restore is not None else {}
     encoder = make(registry, spec.encoder, **kwargs)
-    heads = {name: make(registry, task.head, encoder.hidden_size) for name, task in spec.tasks.items()}
+    # a head that declares needs_encoder is built from it (a model type's own classification top)
+    heads = {name: make(registry, task.head, encoder.hidden_size,
+                        **({"encoder": encoder} if registry.get("heads", task.head.name).capability("needs_encoder")
+                           else {}))
+             for name, task in spec.tasks.items()}
     adapters = [make(registry, a, encoder, list(spec.tasks)) for a in spec.adapters]
     return MultitaskModel(encoder, heads, adapters)
 

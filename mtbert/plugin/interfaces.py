@@ -140,11 +140,17 @@ class Head(nn.Module):
 
 @attrs.frozen
 class SequenceClassifier:
-    """A head that is exactly ``dropout -> linear`` over BERT's tanh pooler."""
+    """A head as a transformers sequence classifier: ``dropout -> linear`` over BERT's tanh pooler
+    (``linear``), or a model type's own classification top (``top``: its weights under the class's
+    names, ``architecture``: the class, ``prefix``: where the class keeps its base model)."""
 
-    linear: nn.Linear
+    linear: nn.Linear | None
     problem_type: str  # transformers' config.problem_type: how its own training would treat the logits
     label_names: list[str]  # one per output (id2label)
+    top: dict | None = None
+    architecture: str | None = None
+    prefix: str | None = None
+    base_keys: frozenset | None = None  # the base model's tensors that class keeps (MPNet's drops its pooler)
 
 
 @attrs.frozen

@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from mtbert.plugin.hookspecs import hookimpl
-from mtbert.plugin.structure import at_least
 from mtbert.toolkit.pertask import PerTaskGradients, normalized, rank_tolerance
 from mtbert.toolkit.smalllinalg import symmetric_eigen
 

@@ -95,7 +95,8 @@ class LinearHead(Head):
                     "AutoModelForSequenceClassification has one linear classifier")
         if self.pooling != "pooler":
             return (f"the head reads pooling = \"{self.pooling}\", but BERT's sequence classifier reads the tanh "
-                    "pooler; a head trained with pooling = \"pooler\" exports")
+                    "pooler; a head trained with pooling = \"pooler\" (on BERT) or head \"own_classifier\" (any "
+                    "model type) exports")
         return SequenceClassifier(self.linear, self.problem_type, self.label_names())
 
     def as_sentence_embedding(self):

@@ -7,16 +7,12 @@ import json
 import shutil
 
 import pytest
-import tomli_w
 from click.testing import CliRunner
 
 from mtbert.commands.cli import main
 from mtbert.commands.report import make_report
-from mtbert.config.spec import unstructure
-from mtbert.runs.rundir import RunDir
-from mtbert.training.loop import Trainer
 
-from helpers import toy_data, toy_spec
+from helpers import finished_toy_run
 
 FULL = "No space left on device"
 
@@ -24,13 +20,7 @@ FULL = "No space left on device"
 @pytest.fixture(scope="module")
 def finished(registry, tmp_path_factory):
     """A finished toy run and its data folder."""
-    tmp_path = tmp_path_factory.mktemp("outputs")
-    data = toy_data(tmp_path / "data", n=64)
-    spec = toy_spec(registry, data, epochs=1)
-    run = RunDir.create(spec, tmp_path / "run")
-    Trainer(spec, registry, progress=False).fit(run)
-    (tmp_path / "spec.toml").write_text(tomli_w.dumps(unstructure(spec)))
-    return run.path, data
+    return finished_toy_run(registry, tmp_path_factory.mktemp("outputs"))
 
 
 def invoke(*args):

@@ -63,7 +63,7 @@ def test_every_method_resumes_bitwise_and_exports(registry, tmp_path, family):
     assert torch.allclose(theirs.last_hidden_state, ours.states, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "deberta"])  # DeBERTa v1: refused (see hf tests)
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "distilbert", "modernbert"])  # DeBERTa v1: refused
 def test_trains_in_bf16(registry, tmp_path, family):
     data = family_data(registry, tmp_path, family, steps=2, eval_every=2, precision="bf16")
     spec = structure_spec(data, registry)
@@ -105,3 +105,35 @@ def test_pals_on_albert_are_refused_at_validation(registry, tmp_path):
     with pytest.raises(SpecError) as caught:
         structure_spec(data, registry)
     assert "adds a branch inside every encoder layer" in dict(caught.value.problems)["adapters[0]"]
+
+
+@pytest.mark.parametrize("family", ["minbert", "roberta", "deberta-v2", "distilbert", "modernbert", "electra"])
+def test_the_model_types_own_head_exports_to_pipeline_and_cross_encoder(registry, tmp_path, family):
+    """Head "own_classifier": the top of the model type's own AutoModelForSequenceClassification, so
+    `--format transformers` writes that class and pipeline / CrossEncoder give mtbert's outputs."""
+    from sentence_transformers import CrossEncoder
+    from transformers import pipeline
+
+    import mtbert as api
+
+    if family == "minbert":
+        data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=64)))
+    else:
+        data = family_data(registry, tmp_path, family)
+    data["train"].update(steps=6, eval_every=6, lr=3e-3)
+    data["tasks"]["sent"]["head"] = {"name": "own_classifier", "num_labels": 2}
+    data["tasks"]["count"]["head"] = {"name": "own_classifier", "outputs": "regression", "low": 0.0, "high": 3.0}
+    spec = structure_spec(data, registry)
+    run = RunDir.create(spec, tmp_path / "run").path
+    Trainer(spec, registry, progress=False).fit(RunDir(run))
+    export(run, tmp_path / "sent", task="sent", fmt="transformers")
+    export(run, tmp_path / "count", task="count", fmt="transformers")
+    config = __import__("json").loads((tmp_path / "sent" / "config.json").read_text())
+    assert config["architectures"][0].endswith("ForSequenceClassification")
+    texts = ["the movie was good", "bad bad plot", "a film", "good good good"]
+    model = api.load(run)
+    answers = pipeline("text-classification", model=str(tmp_path / "sent"), device="cpu")(texts)
+    assert [int(a["label"].split("_")[1]) for a in answers] == model.predict("sent", texts)
+    pairs = [("wow wow the plot", "a film"), ("it was", "quite good")]
+    scores = torch.as_tensor(CrossEncoder(str(tmp_path / "count"), device="cpu").predict(pairs)).float()
+    assert torch.allclose(scores.clamp(0, 3), torch.tensor(model.predict("count", pairs)), atol=1e-4)

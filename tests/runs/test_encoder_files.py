@@ -11,21 +11,14 @@ from click.testing import CliRunner
 
 from mtbert.base.errors import CheckpointError
 from mtbert.commands.cli import main
-from mtbert.runs.rundir import RunDir
 from mtbert.toolkit import pretrained
-from mtbert.training.loop import Trainer
 
-from helpers import toy_data, toy_spec
+from helpers import finished_toy_run
 
 
 @pytest.fixture(scope="module")
 def finished(registry, tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("encoder-files")
-    data = toy_data(tmp_path / "data", n=64)
-    spec = toy_spec(registry, data, epochs=1)
-    run = RunDir.create(spec, tmp_path / "run")
-    Trainer(spec, registry, progress=False).fit(run)
-    return run.path, data
+    return finished_toy_run(registry, tmp_path_factory.mktemp("encoder-files"))
 
 
 def copy_with(run, tmp_path, edit):
