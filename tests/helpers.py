@@ -131,3 +131,26 @@ def finished_toy_run(registry, directory, rows: int = 64):
     run = RunDir.create(spec, Path(directory) / "run")
     Trainer(spec, registry, progress=False).fit(run)
     return run.path, data
+
+
+def task_columns(registry, **data):
+    """A task's [data] table (reader, columns ...) structured as the spec would."""
+    from mtbert.config.spec import SpecStructurer, TaskData
+
+    structurer = SpecStructurer(registry)
+    result = structurer.structure_attrs(TaskData, data, "data")
+    assert not structurer.problems
+    return result
+
+
+def tokenized_split(path, registry, tok, cache, *, max_length=32, reading=None, **data):
+    """One 5-class file loaded as a run loads a train split, through ``cache`` (None: in memory)."""
+    from mtbert.config.spec import structure_component
+    from mtbert.data.splits import load_split
+    from mtbert.model.build import label_spec, make
+
+    cols = task_columns(registry, **data)
+    reader = reading or make(registry, cols.reader)
+    labels = label_spec(registry, structure_component("heads", {"name": "classifier", "num_labels": 5}, registry))
+    return load_split("t", "train", path, reader, cols, labels, tok, max_length, "cross", True,
+                      cache=cache, reader_id=repr(cols.reader))

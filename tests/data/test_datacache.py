@@ -11,35 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from mtbert.model.build import data_cache, label_spec, make
-from mtbert.data.splits import load_split
+from mtbert.model.build import data_cache, make
 from mtbert.data.cache import Cache
 from mtbert.base.errors import DataError, MtbertError
-from mtbert.config.spec import SpecStructurer, TaskData, structure_component, structure_spec, unstructure
+from mtbert.config.spec import structure_spec, unstructure
 
-from helpers import toy_data, toy_spec
-
-CLASSES5 = {"name": "classifier", "num_labels": 5}
-
+from helpers import task_columns as columns, tokenized_split as load, toy_data, toy_spec
 
 @pytest.fixture
 def tok(tiny_encoder):
     return tiny_encoder.tokenizer
-
-
-def columns(registry, **data) -> TaskData:
-    structurer = SpecStructurer(registry)
-    result = structurer.structure_attrs(TaskData, data, "data")
-    assert not structurer.problems
-    return result
-
-
-def load(path, registry, tok, cache, *, max_length=32, reading=None, **data):
-    cols = columns(registry, **data)
-    reader = reading or make(registry, cols.reader)
-    labels = label_spec(registry, structure_component("heads", CLASSES5, registry))
-    return load_split("t", "train", path, reader, cols, labels, tok, max_length, "cross", True,
-                      cache=cache, reader_id=repr(cols.reader))
 
 
 def sst_file(path: Path, rows: int = 40, word: str = "good") -> Path:
@@ -357,8 +338,7 @@ from mtbert.plugin.loading import default_registry
 from mtbert.data.cache import Cache
 from mtbert.model.build import make
 from mtbert.config.spec import structure_component
-from helpers import TINY_ENCODER
-from data.test_datacache import load
+from helpers import TINY_ENCODER, tokenized_split as load
 registry = default_registry()
 tok = make(registry, structure_component("encoders", TINY_ENCODER, registry)).tokenizer
 import mtbert.data.cache as cache_module
