@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 from torch import Tensor, nn
 
 from mtbert.toolkit import pretrained as checkpoints
@@ -174,7 +175,6 @@ class HfEncoder(Encoder):
     def has_layers(options: HfOptions) -> bool | None:
         """Whether the model's transformer layers (one module per depth) can be found, told by building
         the model on the meta device (no memory, no weights); None when its config is not here."""
-        import torch
         from transformers import AutoConfig, AutoModel
 
         try:
@@ -207,7 +207,9 @@ class HfEncoder(Encoder):
         self._running = (attention_mask[:, None, None, :].bool(), task)  # what the layers' slots need
         try:
             out = self.model(**kwargs)
-        except (ValueError, TypeError, IndexError) as exc:  # transformers' own error, in one screen
+        except (ValueError, TypeError, IndexError, RuntimeError, NotImplementedError) as exc:
+            if isinstance(exc, torch.OutOfMemoryError):  # the machine's, not the model type's: said elsewhere
+                raise
             raise CheckpointError(f"the {self.model.config.model_type} model failed inside transformers: "
                                   f"{first_line(exc)}\n  fix: this model type may not take mtbert's batches "
                                   "(dynamic padding, token types); try another encoder") from None
@@ -246,8 +248,10 @@ def build_hf(options: HfOptions, *, restore: Path | None = None) -> HfEncoder:
             model = AutoModel.from_pretrained(str(source), trust_remote_code=False)
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"cannot build the Hugging Face model: {exc}") from None
+    except Exception as exc:  # transformers' own refusal (a config it cannot build, funnel's layer count ...)
+        raise CheckpointError(f"cannot build the Hugging Face model: {type(exc).__name__}: {first_line(exc, 300)}\n"
+                              "  fix: check the encoder's config (or checkpoint) against what transformers "
+                              "expects for that model type") from None
     tokenizer_source = options.tokenizer or options.pretrained
     return _with_base(HfEncoder(model, checkpoints.load_tokenizer(checkpoints.resolve(tokenizer_source))), options)
 

@@ -170,3 +170,22 @@ def test_deberta_v1_in_bf16_is_refused_at_validation_and_auto_trains_in_fp32(reg
     finally:
         loop.choose_device = real
     assert "does not run in bf16: training in fp32" in caplog.text
+
+
+def test_what_transformers_refuses_is_one_screen(registry, tmp_path):
+    """funnel refuses num_hidden_layers when its config is built; nystromformer fails on dynamically
+    padded batches: each a CheckpointError naming the model type, not a traceback."""
+    from mtbert.base.errors import CheckpointError
+
+    funnel = {"name": "hf", "tokenizer": "minilm-l6",
+              "config": {"model_type": "funnel", **TINY, "block_sizes": [1, 1], "d_model": 32, "n_head": 2,
+                         "d_head": 16, "d_inner": 64}}
+    with pytest.raises(CheckpointError, match="NotImplementedError: .*block_sizes"):
+        make(registry, structure_component("encoders", funnel, registry))
+    data = unstructure(toy_spec(registry, toy_data(tmp_path / "data", n=32), steps=2, eval_every=2))
+    data["encoder"] = {"name": "hf", "tokenizer": "minilm-l6",
+                       "config": {"model_type": "nystromformer", **TINY, "num_landmarks": 4,
+                                  "segment_means_seq_len": 16, "conv_kernel_size": 3}}
+    spec = structure_spec(data, registry)
+    with pytest.raises(CheckpointError, match="the nystromformer model failed inside transformers"):
+        Trainer(spec, registry, progress=False).fit(RunDir.create(spec, tmp_path / "run"))
