@@ -186,7 +186,7 @@ class Trainer:
         self.parts: PhaseParts | None = None  # the phase being trained
         self.writer: RunWriter | None = None  # set by fit: where the run goes
         self.saved_at = -1  # the step of the last training state written
-        self.writer_path = None  # the state directory being resumed (named in messages)
+        self.state_path = None  # the training state being resumed (named in messages)
 
     @property
     def step(self) -> int:
@@ -257,7 +257,7 @@ class Trainer:
             self.evaluator.new_phase()
             self.health.reset()
         else:
-            check_phase(state, parts, self.writer_path)  # the optimizer's and method's state fit this phase
+            check_phase(state, parts, self.state_path)  # the optimizer's and method's state fit this phase
             self._load(state)  # the random generators last: nothing may draw before the next step
         log.info("%s on %s: %d epoch(s), %d optimizer steps, tasks %s, sampler %s, %s trainable (%s params)%s",
                  parts.phase.name if len(self.phases) > 1 else self.spec.name, self.device, parts.epochs,
@@ -521,14 +521,14 @@ class Trainer:
                     part.load_state_dict(state[name])
                 except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
                     # what the checks before could not see; nothing of the run directory was touched yet
-                    raise CheckpointError(f"the training state in {self.writer_path} is damaged: {name}: {exc}\n"
+                    raise CheckpointError(f"the training state in {self.state_path} is damaged: {name}: {exc}\n"
                                           "  fix: resume from an earlier copy of the run, or start it again; "
                                           "the run directory was left as it was") from None
         self.saved_at = self.step
 
     def _read_state(self, run: RunDir) -> dict:
         """The saved state, checked against this run's parts before any of it is used."""
-        self.writer_path = run.state
+        self.state_path = run.state
         state = load_state(run.state)
         if isinstance(state, dict) and state.get("format") != STATE_FORMAT and "evaluator" in state:
             raise CheckpointError(f"the training state in {run.state} was written by another version of mtbert, "
