@@ -154,3 +154,16 @@ def tokenized_split(path, registry, tok, cache, *, max_length=32, reading=None, 
     labels = label_spec(registry, structure_component("heads", {"name": "classifier", "num_labels": 5}, registry))
     return load_split("t", "train", path, reader, cols, labels, tok, max_length, "cross", True,
                       cache=cache, reader_id=repr(cols.reader))
+
+
+def registry_with_loss(name: str, loss_class):
+    """Every installed plugin plus one test loss registered as ``name`` (a plugin module built here)."""
+    import types
+    from importlib import metadata
+
+    from mtbert.plugin.hookspecs import hookimpl
+    from mtbert.plugin.loading import build_registry
+
+    module = types.ModuleType(f"{name}_plugin")
+    module.register_losses = hookimpl(lambda register: register(name, loss_class))
+    return build_registry(list(metadata.entry_points(group="mtbert")), modules=[(name, module, "test")])

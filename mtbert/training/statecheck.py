@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mtbert.base.errors import CheckpointError
 
-SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}  # a fresh value's type -> saved types
 FREE = {"evaluator/best", "meter", "regularizers", "data"}  # parts whose saved shape may differ from a fresh one
 OPTIONAL = {"data"}  # parts a state written by an earlier version of this format may lack
 
@@ -62,11 +62,9 @@ def same_shape(saved, fresh, where: str, free: bool = False) -> None:
         for i, (a, b) in enumerate(zip(saved, fresh)):
             same_shape(a, b, f"{where}/{i}", free)
         return
-    for kind, accepted in SCALARS.items():
-        if isinstance(fresh, kind) and (fresh is not True and fresh is not False or kind is bool):
-            if not isinstance(saved, accepted) or (kind is not bool and isinstance(saved, bool)):
-                raise Damaged(f"{where}: {saved!r} is not a {kind.__name__}")
-            return
+    kind = type(fresh)  # bool before int: True is an int too
+    if kind in SCALARS and (not isinstance(saved, SCALARS[kind]) or (kind is not bool and isinstance(saved, bool))):
+        raise Damaged(f"{where}: {saved!r} is not a {kind.__name__}")
 
 
 def check_counters(counters: dict, phases: int) -> None:

@@ -204,7 +204,8 @@ class HfEncoder(Encoder):
             kwargs["input_ids"] = input_ids
         else:
             kwargs["inputs_embeds"] = inputs_embeds
-        self._running = (attention_mask[:, None, None, :].bool(), task)  # what the layers' slots need
+        if self.layer_slots and any(len(slot) for slot in self.layer_slots):  # what the slots' branches need
+            self._running = (attention_mask[:, None, None, :].bool(), task)
         try:
             out = self.model(**kwargs)
         except (ValueError, TypeError, IndexError, RuntimeError, NotImplementedError) as exc:

@@ -35,14 +35,21 @@ def error(actual: torch.Tensor, exact: torch.Tensor, rows: torch.Tensor) -> floa
     return float((actual.double() - exact).norm()) / max(float(exact.norm()), floor, 1e-300)
 
 
+def worst_error(registry, method: str, family: str) -> float:
+    """The largest ``error`` of ``method`` against its exact reference over every shape of ``family``."""
+    worst = 0.0
+    for tasks, size in SHAPES:
+        rows = case(family, tasks, size, seed=tasks)
+        worst = max(worst, error(aggregate(gradient_method(registry, method), rows),
+                                 getattr(references, method)(rows), rows))
+    return worst
+
+
 # -- MGDA: within 1e-3 of the exact min-norm point on every family -------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_mgda_is_the_exact_min_norm_point(registry, family):
-    worst = 0.0
-    for tasks, size in SHAPES:
-        rows = case(family, tasks, size, seed=tasks)
-        worst = max(worst, error(aggregate(gradient_method(registry, "mgda"), rows), references.mgda(rows), rows))
+    worst = worst_error(registry, "mgda", family)
     assert worst < 1e-4, worst  # Frank-Wolfe's 100 steps: 17% at T = 8 on "well"
 
 
@@ -80,11 +87,7 @@ def test_cagrad_is_scale_equivariant(registry, scale):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cagrad_matches_a_conic_solver(registry, family):
     pytest.importorskip("cvxpy")
-    worst = 0.0
-    for tasks, size in SHAPES:
-        rows = case(family, tasks, size, seed=tasks)
-        d = aggregate(gradient_method(registry, "cagrad"), rows)
-        worst = max(worst, error(d, references.cagrad(rows), rows))
+    worst = worst_error(registry, "cagrad", family)
     assert worst < 1e-4, worst  # 50 pairwise Frank-Wolfe steps: 2e-2 on "spread"
 
 
@@ -105,10 +108,7 @@ def test_imtl_dependent_float32_gradients_count_as_dependent(registry):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_imtl_matches_the_exact_pseudo_inverse(registry, family):
-    worst = 0.0
-    for tasks, size in SHAPES:
-        rows = case(family, tasks, size, seed=tasks)
-        worst = max(worst, error(aggregate(gradient_method(registry, "imtl"), rows), references.imtl(rows), rows))
+    worst = worst_error(registry, "imtl", family)
     assert worst < 1e-4, worst
 
 

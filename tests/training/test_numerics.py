@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import types
-from importlib import metadata
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from mtbert.base.errors import TrainingError
-from mtbert.plugin.hookspecs import hookimpl
 from mtbert.plugin.interfaces import Loss
-from mtbert.plugin.loading import build_registry
 from mtbert.runs.rundir import RunDir
 from mtbert.config.spec import structure_spec, unstructure
 from mtbert.training.loop import Trainer
 
-from helpers import toy_data, toy_spec
+from helpers import registry_with_loss, toy_data, toy_spec
 
 
 
@@ -41,10 +37,8 @@ class Poisoned(Loss):
 
 @pytest.fixture
 def nan_registry():
-    module = types.ModuleType("poison_plugin")
-    module.register_losses = hookimpl(lambda register: register("poisoned", Poisoned))
     Poisoned.calls = 0
-    return build_registry(list(metadata.entry_points(group="mtbert")), modules=[("poison", module, "test")])
+    return registry_with_loss("poisoned", Poisoned)
 
 
 def single_task_spec(registry, tmp_path, optimizer="adamw", **train):

@@ -10,22 +10,18 @@ and the skipped step leaves every part's state as it was before it.
 
 from __future__ import annotations
 
-import types
-from importlib import metadata
 
 import pytest
 import torch
 
-from mtbert.plugin.hookspecs import hookimpl
 from mtbert.plugin.interfaces import Loss
 from mtbert.training.meter import Meter
-from mtbert.plugin.loading import build_registry
 from mtbert.training.rollback import Rollback
 from mtbert.runs.rundir import RunDir
 from mtbert.config.spec import structure_spec, unstructure
 from mtbert.training.loop import Trainer
 
-from helpers import toy_data, toy_spec
+from helpers import registry_with_loss, toy_data, toy_spec
 
 
 class NaNAt(Loss):
@@ -47,9 +43,7 @@ class NaNAt(Loss):
 
 @pytest.fixture
 def nan_registry():
-    module = types.ModuleType("nan_at_plugin")
-    module.register_losses = hookimpl(lambda register: register("nan_at", NaNAt))
-    return build_registry(list(metadata.entry_points(group="mtbert")), modules=[("nan_at", module, "test")])
+    return registry_with_loss("nan_at", NaNAt)
 
 
 COMBINATIONS = {  # name -> (spec keys, the step that goes wrong)
