@@ -53,6 +53,28 @@ def _compare(what: str, ours: torch.Tensor, theirs: torch.Tensor, tolerance: flo
                           f"tolerance {tolerance:g}); nothing was written. Please report this as a bug.")
 
 
+def _write_own_class(directory: Path, top: SequenceClassifier) -> None:
+    """The model type's own sequence-classification class over the base model saved in ``directory``:
+    the base read back by transformers (which undoes the layout it saves some families in, e.g. GTE's
+    fused qkv), the head's top beside it, and the whole class saved by transformers again."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    base = AutoModel.from_pretrained(str(directory)).state_dict()
+    config = AutoConfig.from_pretrained(str(directory))
+    config.num_labels = len(top.label_names)
+    full = AutoModelForSequenceClassification.from_config(config)
+    weights = {f"{top.prefix}.{name}": t for name, t in base.items() if name in top.base_keys}
+    weights.update(top.top)
+    missing, unexpected = full.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise MtbertError(f"the {top.architecture} export does not fit the trained weights (missing "
+                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); nothing was written. "
+                          "Please report this as a bug.")
+    for file in [*directory.glob("*.safetensors"), *directory.glob("*.safetensors.index.json")]:
+        file.unlink()
+    full.save_pretrained(str(directory))
+
+
 def write_transformers(directory: Path, model, task: str, top: SequenceClassifier, pairs: bool,
                        max_length: int) -> None:
     """``BertForSequenceClassification``: the encoder under ``bert.``, the head's linear layer as
@@ -65,14 +87,12 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
     encoder = model.encoder
     model_type = encoder.save_hf(directory)
     files = sorted(directory.glob("*.safetensors"))
-    base = {name: t for file in files for name, t in load_file(str(file)).items()}
-    for file in files:
-        file.unlink()
-    if top.top is not None:  # the model type's own top, under its own names, beside its base model
-        weights = {f"{top.prefix}.{name}": t for name, t in base.items() if name in top.base_keys}
-        weights.update(top.top)
-        architecture = top.architecture
+    if top.top is not None:  # the model type's own class, written by transformers (its own file layout)
+        _write_own_class(directory, top)
     else:
+        base = {name: t for file in files for name, t in load_file(str(file)).items()}
+        for file in files:
+            file.unlink()
         if model_type != "bert":
             raise MtbertError(f"the encoder is a {model_type!r} model; this head exports as BERT's pooler -> "
                               "linear classifier, which only a BERT encoder has; train the task with head "
@@ -82,8 +102,8 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
             raise MtbertError("the encoder has no pooler weights; a BERT sequence classifier needs them")
         weights["classifier.weight"] = top.linear.weight.detach().cpu().contiguous()
         weights["classifier.bias"] = top.linear.bias.detach().cpu().contiguous()
-        architecture = "BertForSequenceClassification"
-    tensorfiles.save(weights, directory / "model.safetensors", metadata={"format": "pt"})
+        tensorfiles.save(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    architecture = top.architecture or "BertForSequenceClassification"
     config = json.loads((directory / "config.json").read_text())
     labels = top.label_names
     config.update(architectures=[architecture], problem_type=top.problem_type,

@@ -147,8 +147,9 @@ def local_config(name: str | None) -> dict | None:
 
 
 def has_pooler(model_type: str | None) -> bool | None:
-    """Whether transformers' base model of this type has a pooler (its constructor takes
-    ``add_pooling_layer``); None when the type is unknown to transformers here."""
+    """Whether transformers' base model of this type, as AutoModel builds it, has a pooler (its
+    constructor takes ``add_pooling_layer`` and adds one by default: GTE's and Nomic's take it but
+    default to none); None when the type is unknown to transformers here."""
     if not model_type:
         return None
     import inspect
@@ -159,7 +160,8 @@ def has_pooler(model_type: str | None) -> bool | None:
         model_class = AutoModel._model_mapping[type(AutoConfig.for_model(model_type))]
     except Exception:  # an unknown model type: building it says why
         return None
-    return "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    parameter = inspect.signature(model_class.__init__).parameters.get("add_pooling_layer")
+    return parameter is not None and parameter.default is True
 
 
 def local_positions(name: str | None) -> int | None:

@@ -54,7 +54,8 @@ QUERY_VALUE = {
     "deberta": ["in_proj"],
     "modernbert": ["Wqkv"],
     "funnel": ["q_head", "v_head"],
-    **dict.fromkeys(["eurobert", "llama", "mistral", "qwen2", "gemma"], ["q_proj", "v_proj"]),
+    **dict.fromkeys(["eurobert", "gte", "nomic_bert", "jina_embeddings_v3", "ultrabert", "llama", "mistral", "qwen2",
+                     "gemma"], ["q_proj", "v_proj"]),
 }
 
 

@@ -55,14 +55,17 @@ class OwnOptions:
 class _Given(nn.Module):
     """Stands in for the classification model's base model: returns the encoder's states it is given."""
 
-    def __init__(self):
+    def __init__(self, parts: nn.ModuleDict):
         super().__init__()
         self.encoded = None
+        self.__dict__["parts"] = parts  # not a child: the head owns them
 
     def forward(self, *args, **kwargs):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         states, _, pooled = self.encoded
+        if pooled is None and "pooler" in self.parts:  # the class's pooler over the encoder's states
+            pooled = self.parts["pooler"](states)
         return BaseModelOutputWithPooling(last_hidden_state=states, pooler_output=pooled)
 
 
@@ -78,6 +81,18 @@ def hf_config(encoder):
     from transformers import BertConfig
 
     return BertConfig(**to_hf())
+
+
+def parts_the_encoder_lacks(base: nn.Module, encoder) -> dict[str, nn.Module]:
+    """The class's base-model parts that the encoder was built without: GTE's and Nomic's classifiers
+    build their base model with a pooler, the plain model (mtbert's encoder) has none. They train with
+    the head and export under the base model's prefix."""
+    model = getattr(encoder, "model", None)
+    if model is None or not hasattr(model, "config"):  # minbert: a whole BERT, pooler included
+        return {}
+    have = {name for name, module in model.named_children() if module is not None}
+    return {name: module for name, module in base.named_children()
+            if name not in have and any(True for _ in module.parameters())}
 
 
 class OwnClassifier(Head):
@@ -102,10 +117,12 @@ class OwnClassifier(Head):
             raise PluginError(f"head \"own_classifier\": transformers has no sequence-classification model for "
                               f"model type {config.model_type!r} ({exc}); use \"classifier\"") from None
         prefix = full.base_model_prefix
-        self.base_keys = frozenset(getattr(full, prefix).state_dict())  # what the class keeps of a base model
+        base = getattr(full, prefix)
+        self.base_parts = nn.ModuleDict(parts_the_encoder_lacks(base, encoder))
+        self.base_keys = frozenset(base.state_dict())  # what the class keeps of a base model
         top = {name: module for name, module in full.named_children() if name != prefix}
         self.top = nn.ModuleDict(top)  # the head's parameters, under the class's own names
-        setattr(full, prefix, _Given())
+        setattr(full, prefix, _Given(self.base_parts))
         self.__dict__["full"] = full  # not a child: its top is self.top, its base the encoder's states
         self.prefix, self.architecture = prefix, type(full).__name__
         self.label_count = config.num_labels
@@ -136,6 +153,8 @@ class OwnClassifier(Head):
     def as_sequence_classifier(self):
         names = [f"LABEL_{i}" for i in range(self.label_count)]
         weights = {name: t.detach().cpu().contiguous() for name, t in self.top.state_dict().items()}
+        weights.update({f"{self.prefix}.{name}": t.detach().cpu().contiguous()
+                        for name, t in self.base_parts.state_dict().items()})
         return SequenceClassifier(None, PROBLEM[self.kind], names, top=weights, architecture=self.architecture,
                                   prefix=self.prefix, base_keys=self.base_keys)
 

@@ -71,6 +71,7 @@ def test_last_layers_finds_the_roberta_layers(registry, tmp_path):
     ("electra", {"embedding_size": 32}, False),
     ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}, False),
     ("deberta-v2", {}, False),
+    ("gte", {}, False),  # takes add_pooling_layer, but AutoModel builds it without one
 ])
 def test_pooling_pooler_on_an_encoder_without_a_pooler_is_refused_at_validation(registry, tmp_path, model_type,
                                                                                 config, has):
@@ -99,6 +100,9 @@ FAMILIES = {  # model type -> config fields beyond TINY, the projections LoRA mu
     "electra": ({"embedding_size": 32}, {"query", "value"}),
     "modernbert": ({"global_attn_every_n_layers": 1, "local_attention": 16}, {"Wqkv"}),
     "mpnet": ({}, {"q", "v"}),
+    "eurobert": ({}, {"q_proj", "v_proj"}),
+    "jina_embeddings_v3": ({}, {"q_proj", "v_proj"}),
+    "ultrabert": ({}, {"q_proj", "v_proj"}),
 }
 
 

@@ -24,7 +24,7 @@ FAMILIES = {
     "bert": {}, "roberta": {"type_vocab_size": 1, "max_position_embeddings": 66}, "deberta-v2": {},
     "deberta": {}, "electra": {"embedding_size": 32}, "albert": {"embedding_size": 16}, "mpnet": {},
     "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
-    "modernbert": {"global_attn_every_n_layers": 1, "local_attention": 16},
+    "modernbert": {"global_attn_every_n_layers": 1, "local_attention": 16}, "gte": {}, "nomic_bert": {},
 }
 
 
@@ -63,7 +63,7 @@ def test_every_method_resumes_bitwise_and_exports(registry, tmp_path, family):
     assert torch.allclose(theirs.last_hidden_state, ours.states, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "distilbert", "modernbert"])  # DeBERTa v1: refused
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "distilbert", "modernbert", "gte"])  # DeBERTa v1: refused
 def test_trains_in_bf16(registry, tmp_path, family):
     data = family_data(registry, tmp_path, family, steps=2, eval_every=2, precision="bf16")
     spec = structure_spec(data, registry)
@@ -71,7 +71,7 @@ def test_trains_in_bf16(registry, tmp_path, family):
     assert best is not None and torch.isfinite(torch.tensor(best["overall"]))
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "deberta-v2", "distilbert", "modernbert"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta-v2", "distilbert", "modernbert", "nomic_bert"])
 def test_pals_on_hf_encoders(registry, tmp_path, family):
     """Per-layer slots on transformers' layers: PALs start as the plain encoder (their decoder is zero),
     change each task's states alone once trained, and resume bitwise."""
@@ -107,7 +107,10 @@ def test_pals_on_albert_are_refused_at_validation(registry, tmp_path):
     assert "adds a branch inside every encoder layer" in dict(caught.value.problems)["adapters[0]"]
 
 
-@pytest.mark.parametrize("family", ["minbert", "roberta", "deberta-v2", "distilbert", "modernbert", "electra"])
+BINARY = {"minbert", "deberta-v2", "modernbert", "gte"}  # the others export a two-logit classifier
+
+
+@pytest.mark.parametrize("family", ["minbert", "roberta", "deberta-v2", "distilbert", "modernbert", "electra", "gte"])
 def test_the_model_types_own_head_exports_to_pipeline_and_cross_encoder(registry, tmp_path, family):
     """Head "own_classifier": the top of the model type's own AutoModelForSequenceClassification, so
     `--format transformers` writes that class and pipeline / CrossEncoder give mtbert's outputs."""
@@ -121,7 +124,12 @@ def test_the_model_types_own_head_exports_to_pipeline_and_cross_encoder(registry
     else:
         data = family_data(registry, tmp_path, family)
     data["train"].update(steps=6, eval_every=6, lr=3e-3)
-    data["tasks"]["sent"]["head"] = {"name": "own_classifier", "num_labels": 2}
+    binary = family in BINARY
+    if binary:  # one logit: pipeline answers the positive label's name with a sigmoid score
+        data["tasks"]["sent"].update(head={"name": "own_classifier", "outputs": "binary"}, loss="bce")
+        data["tasks"]["sent"]["data"]["label_names"] = ["negative", "positive"]
+    else:
+        data["tasks"]["sent"]["head"] = {"name": "own_classifier", "num_labels": 2}
     data["tasks"]["count"]["head"] = {"name": "own_classifier", "outputs": "regression", "low": 0.0, "high": 3.0}
     spec = structure_spec(data, registry)
     run = RunDir.create(spec, tmp_path / "run").path
@@ -133,7 +141,18 @@ def test_the_model_types_own_head_exports_to_pipeline_and_cross_encoder(registry
     texts = ["the movie was good", "bad bad plot", "a film", "good good good"]
     model = api.load(run)
     answers = pipeline("text-classification", model=str(tmp_path / "sent"), device="cpu")(texts)
-    assert [int(a["label"].split("_")[1]) for a in answers] == model.predict("sent", texts)
+    if binary:
+        from mtbert.runs.finished import open_run
+
+        trained = open_run(run).model.eval()
+        with torch.no_grad():
+            logits = trained("sent", dict(trained.encoder.tokenizer(texts, padding=True, return_tensors="pt",
+                                                                 return_token_type_ids=True)))
+        assert {a["label"] for a in answers} == {"positive"}
+        assert torch.allclose(torch.tensor([a["score"] for a in answers]), torch.sigmoid(logits), atol=1e-4)
+        assert [int(a["score"] > 0.5) for a in answers] == model.predict("sent", texts)
+    else:
+        assert [int(a["label"].split("_")[1]) for a in answers] == model.predict("sent", texts)
     pairs = [("wow wow the plot", "a film"), ("it was", "quite good")]
     scores = torch.as_tensor(CrossEncoder(str(tmp_path / "count"), device="cpu").predict(pairs)).float()
     assert torch.allclose(scores.clamp(0, 3), torch.tensor(model.predict("count", pairs)), atol=1e-4)
