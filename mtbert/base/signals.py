@@ -21,6 +21,10 @@ class StopRequest:
     def __bool__(self) -> bool:
         return self.signal is not None
 
+    def request(self, reason: str) -> None:
+        """Stop at the next step boundary as after SIGTERM, for ``reason`` (a search pruning the run)."""
+        self.signal = reason
+
     @contextlib.contextmanager
     def on_sigterm(self):
         """While inside, SIGTERM sets the flag instead of killing the process (main thread only)."""

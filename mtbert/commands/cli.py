@@ -173,6 +173,59 @@ def sweep(spec, grid, overrides, out, progress):
 
 
 @main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--space", type=click.Path(dir_okay=False, path_type=Path),
+              help="The search space and the study's settings (default: the spec's [tune] table).")
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Study directory (default: <out>/<study>-tune).")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials in the study, all workers together.")
+@click.option("--parallel", type=click.IntRange(min=1), help="Trials at once on this machine.")
+@click.option("--study", "study_name", help="The study's name in its storage (default: the spec's name).")
+@click.option("--storage", help="A database URL (e.g. postgresql://user@host/db) shared by several machines "
+                                "(default: SQLite in the study directory).")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "grid", "nsga2"]), help="Optuna's sampler.")
+@click.option("--pruner", type=click.Choice(["median", "halving", "none"]), help="Stop hopeless trials early.")
+@click.option("--objectives", help='What to maximize: "overall" (default) or task names, comma separated '
+                                   "(several: a Pareto front).")
+@click.option("--seed", type=int, help="The sampler's seed (default: the spec's).")
+@click.option("--worker", type=int, hidden=True)
+@user_errors
+def tune(spec, space, overrides, out, trials, parallel, study_name, storage, sampler, pruner, objectives, seed,
+         worker):
+    """Search SPEC's settings with Optuna: each trial a run, hopeless ones pruned, results in a study directory.
+
+    Running the same command again continues the study; SIGTERM or Ctrl-C stop it (a running trial saves
+    its state and is retried first). The table of trials, best.toml (the best trial's spec) and, with several
+    objectives, front.md (the Pareto front) are in the study directory; mtbert compare and mtbert report
+    take it. Exits 1 when some trial failed (the table says why).
+    """
+    setup_logging()
+    for handler in logging.getLogger().handlers:  # each trial logs to its run directory; here a line per trial
+        handler.setLevel(logging.WARNING)
+    from mtbert.tune.command import run_tune
+    from mtbert.tune.settings import load_study
+
+    options = {"trials": trials, "parallel": parallel, "study": study_name, "storage": storage,
+               "sampler": sampler, "pruner": pruner, "objectives": objectives, "seed": seed}
+    study = load_study(spec, space, registry(), overrides, options)
+    if study.settings.seed is None:
+        import attrs
+
+        study = attrs.evolve(study, settings=attrs.evolve(study.settings, seed=int(study.data.get("seed", 11))))
+    spawn = [sys.executable, "-m", "mtbert", "tune", str(spec)] + (["--space", str(space)] if space else [])
+    for text in overrides:
+        spawn += ["--set", text]
+    for key, value in options.items():
+        if value is not None and key != "parallel":
+            spawn += [f"--{key}", str(value)]
+    directory = run_tune(study, registry(), out, echo=click.echo, worker=worker, spawn=spawn)
+    if worker is None:
+        summary = (directory / "summary.jsonl").read_text(encoding="utf-8") if (directory / "summary.jsonl").is_file() else ""
+        if '"state": "failed"' in summary:
+            sys.exit(1)  # some trial failed (the table says why): a script must notice
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--task", required=True, help="Task name in the run's spec.")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))

@@ -40,6 +40,7 @@ import logging
 import random
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,8 +120,11 @@ class Trainer:
     """Built from a spec (model, data: every data error is raised here, before
     any run directory exists); ``fit(run)`` trains into a run directory."""
 
-    def __init__(self, spec: Spec, registry: Registry, progress: bool = True):
+    def __init__(self, spec: Spec, registry: Registry, progress: bool = True,
+                 on_evaluation: Callable[[dict], None] | None = None):
         self.spec, self.registry = spec, registry
+        # told each evaluation's record (a search prunes a hopeless run through ``self.stop``)
+        self.on_evaluation = on_evaluation
         cfg = spec.train
         self.dist = distributed.group()  # one process, or one rank of a torchrun job
         self.show_bar = progress and sys.stderr.isatty() and self.dist.main
@@ -455,6 +459,8 @@ class Trainer:
         if result is None:
             return False
         self.writer.evaluation(result.record)
+        if self.on_evaluation is not None:
+            self.on_evaluation(result.record)
         if result.improved:
             self.writer.best(result.record, self.model, self.balancers.modules, self.tasks, result.predictions)
         if self.parts is not None:
