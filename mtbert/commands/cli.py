@@ -303,11 +303,26 @@ def plugins(as_json):
               help="Directory for report.md and its pictures (default: RUN_DIR/report).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the dev files are, if not at the run's data.dir (MTBERT_DATA is tried too).")
+@click.option("--storage", help="A study's database URL, when it is not the study directory's SQLite.")
 @user_errors
-def report(run_dir, out, data_dir):
-    """Write RUN_DIR's report: learning curves, confusion matrices, scatter plots, settings."""
+def report(run_dir, out, data_dir, storage):
+    """Write RUN_DIR's report: learning curves, confusion matrices, scatter plots, settings.
+
+    For a study directory (mtbert tune): the optimization history, the parameters' importance and, with
+    several objectives, the Pareto front.
+    """
     setup_logging()
     from mtbert.commands.report import make_report
+    from mtbert.tune.command import MARKER
+
+    if (run_dir / MARKER).is_file():
+        from mtbert.tune.pictures import make_study_report
+
+        written = make_study_report(run_dir, out, storage)
+        for note in written.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(f"wrote {written.path} ({len(written.images)} picture(s))")
+        return
 
     written = make_report(run_dir, out, registry(), data_dir)
     for note in written.notes:

@@ -11,6 +11,7 @@ config class.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import typing
 
@@ -162,6 +163,7 @@ def render(registry: Registry) -> str:
            "(a number indexes a list: `--set phases.1.epochs=2`).", ""]
     for cls, (title, descriptions) in CORE.items():
         out += [f"## {title}", "", *table(cls, descriptions), ""]
+    out += tune_section()
     out += ["## Components", "",
             "Every registered component and its options; `mtbert plugins` lists what is installed.", ""]
     for kind in registry.kinds():
@@ -178,6 +180,59 @@ def render(registry: Registry) -> str:
             else:
                 out += ["No options.", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+TUNE = {
+    "trials": "Trials in the study, all workers together; a continued study counts what it has (an "
+              "interrupted trial is retried, not counted).",
+    "sampler": "Optuna's sampler: `tpe`, `random`, `grid` (every parameter discrete) or `nsga2`.",
+    "pruner": "`median` or `halving` stop a trial whose overall dev score is hopeless against the others' at "
+              "the same step (one objective only); `none`. Default: `median` with one objective.",
+    "startup_trials": "The median pruner prunes nothing before this many trials finished.",
+    "warmup_steps": "... nor before this training step.",
+    "objectives": "What to maximize: `\"overall\"` and/or task names (a task's main dev metric in [0, 1]); "
+                  "several give a Pareto front.",
+    "study": "The study's name in its storage (default: the spec's `name`).",
+    "storage": "A database URL shared by several machines (`postgresql://user@host/db`, needs "
+               "`pip install 'mtbert[postgres]'`); default: SQLite in the study directory.",
+    "parallel": "Trials at once on this machine (worker processes; CPU threads shared out).",
+    "seed": "The sampler's seed (default: the spec's `seed`; worker k adds 1009 k).",
+}
+PARAM = {
+    "type": "`float`, `int` or `choice`.",
+    "low, high": "A range's ends (float, int), both included.",
+    "log": "Sample on a log scale (float, int).",
+    "step": "A range's grid step (float, int); needed for `sampler = \"grid\"`.",
+    "values": "A choice's values: anything the key takes (numbers, strings, a component as a table).",
+    "when": "`{ <earlier choice> = <value> }`: draw this key only when that choice drew that value "
+            "(a component by its name).",
+}
+
+
+def tune_section() -> list[str]:
+    from mtbert.tune.settings import Settings
+
+    fields = {f.name: f for f in attrs.fields(Settings) if f.name != "space"}
+    out = ["## `[tune]`: a search space (`mtbert tune`)", "",
+           "`mtbert tune SPEC --space SPACE.toml` (or a `[tune]` table in the spec, which `mtbert run` ignores) "
+           "searches spec keys with Optuna; each trial is a run in the study directory. The settings:", "",
+           "| key | default | meaning |", "|---|---|---|"]
+    for name, text in TUNE.items():
+        field = fields[name]
+        shown = "" if field.default is None else f"`{json.dumps(list(field.default)) if isinstance(field.default, tuple) else field.default}`"
+        out.append(f"| `{name}` | {shown} | {text} |")
+    out += ["", "Each `[params.\"<dotted spec key>\"]` table is one parameter, set in the order given "
+            "(`tasks.sst.weight`, `train.lr`, `sampler`, `gradient.c` ...):", "",
+            "| key | meaning |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in PARAM.items()), "",
+            "Before any trial trains, every parameter's every corner (a range's ends, each choice) is set in the "
+            "spec and checked as `mtbert validate` would; a value valid only beside another choice's value "
+            "passes, and the trial that draws it with an unfit partner fails with its reason. Example:", "",
+            "```toml", "trials = 20", 'pruner = "median"', '[params."train.lr"]', 'type = "float"', "low = 2e-5",
+            "high = 4e-4", "log = true", "[params.sampler]", 'type = "choice"',
+            'values = ["proportional", "round_robin", "all_tasks"]', "[params.gradient]", 'type = "choice"',
+            'values = ["sum", { name = "cagrad", c = 0.4 }]', '[params."gradient.c"]', 'type = "float"',
+            "low = 0.1", "high = 0.9", 'when = { gradient = "cagrad" }', "```", ""]
+    return out
 
 
 def own_registry() -> Registry:

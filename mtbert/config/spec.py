@@ -332,6 +332,7 @@ def load_spec(path: str | Path, registry: Registry, overrides: tuple[str, ...] =
               env: dict | None = None, check_files: bool = True) -> Spec:
     env = os.environ if env is None else env
     data = read_toml(Path(path))
+    data.pop("tune", None)  # a search space over the spec (mtbert tune reads it; a run is the spec alone)
     if env.get("MTBERT_DATA"):
         apply_override(data, ["data", "dir"], env["MTBERT_DATA"])
     for text in overrides:

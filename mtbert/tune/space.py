@@ -47,14 +47,14 @@ from mtbert.config.spec import apply_override
 TYPES = ("float", "int", "choice")
 
 
-def label(value: Any, others: list) -> str:
-    """What Optuna records for a choice: the value as text, a component by its name (with its
-    options when another choice has the same name)."""
+def label(value: Any, others: list):
+    """What Optuna records for a choice: a number, string or boolean as it is, a component by its name
+    (with its options when another choice has the same name), anything else as JSON text."""
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         name = value["name"]
         same = [o for o in others if (o.get("name") if isinstance(o, dict) else o) == name]
         return name if len(same) == 1 else json.dumps(value, sort_keys=True, separators=(",", ":"))
-    if isinstance(value, str):
+    if value is None or isinstance(value, (str, bool, int, float)):
         return value
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -68,17 +68,17 @@ class Param:
     log: bool = False
     step: float | None = None
     values: tuple = ()  # a choice's values, as the spec takes them
-    when: tuple[tuple[str, str], ...] = ()  # (earlier parameter, the label it must have drawn)
+    when: tuple[tuple[str, Any], ...] = ()  # (earlier parameter, the label it must have drawn)
 
     @property
-    def labels(self) -> list[str]:
+    def labels(self) -> list:
         return [label(v, list(self.values)) for v in self.values]
 
-    def applies(self, drawn: dict[str, str]) -> bool:
+    def applies(self, drawn: dict[str, Any]) -> bool:
         """Whether this parameter is drawn, given the labels the earlier ones drew."""
         return all(drawn.get(path) == wanted for path, wanted in self.when)
 
-    def suggest(self, trial) -> tuple[Any, str]:
+    def suggest(self, trial) -> tuple[Any, Any]:
         """Draw from an Optuna trial: (the value for the spec, its label)."""
         if self.type == "choice":
             chosen = trial.suggest_categorical(self.path, self.labels)
@@ -88,7 +88,7 @@ class Param:
                                       log=self.log)
         else:
             value = trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
-        return value, repr(value)
+        return value, value
 
     def corners(self) -> list:
         """The values validation tries: the ends of a range, every choice."""
@@ -113,7 +113,7 @@ class Param:
 class Space:
     params: tuple[Param, ...]
 
-    def sample(self, trial) -> tuple[dict[str, Any], dict[str, str]]:
+    def sample(self, trial) -> tuple[dict[str, Any], dict[str, Any]]:
         """Draw every parameter that applies: (path -> value, path -> label)."""
         values, drawn = {}, {}
         for param in self.params:
@@ -176,9 +176,9 @@ def parse_param(path: str, raw: Any, earlier: dict[str, Param], problems: list, 
             problems.append((f"{place}.values", "expected a non-empty list of what the key may take"))
             return None
         labels = [label(v, values) for v in values]
-        if len(set(labels)) != len(labels):
+        if len({json.dumps(x) for x in labels}) != len(labels):
             problems.append((f"{place}.values", "two values are the same"))
-        param = Param(path, kind, values=tuple(values), when=tuple((k, str(v)) for k, v in when.items()))
+        param = Param(path, kind, values=tuple(values), when=tuple(when.items()))
     else:
         if "values" in raw:
             problems.append((f"{place}.values", f'a {kind} takes low and high; for a list use type = "choice"'))
@@ -200,7 +200,7 @@ def parse_param(path: str, raw: Any, earlier: dict[str, Param], problems: list, 
         if log and step is not None:
             problems.append((f"{place}.step", "give log = true or a step, not both (Optuna samples one or the other)"))
         param = Param(path, kind, float(low), float(high), log, None if step is None else float(step),
-                      when=tuple((k, str(v)) for k, v in when.items()))
+                      when=tuple(when.items()))
     return param if len(problems) == before else None
 
 

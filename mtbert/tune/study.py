@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from mtbert.tune.settings import Settings, Study
 log = logging.getLogger(__name__)
 
 PRUNED = "pruned"  # the stop request's reason when the pruner stops a run
-HEARTBEAT_S, GRACE_S = 10, 60  # a trial whose worker was silent this long is marked failed (a killed worker)
+HEARTBEAT_S, GRACE_S = 10, 60
+RACES = ("IntegrityError", "ProgrammingError", "OperationalError")  # sqlalchemy's, while tables are made  # a trial whose worker was silent this long is marked failed (a killed worker)
 
 
 def need_optuna():
@@ -46,15 +48,21 @@ def storage_url(settings: Settings, directory: Path) -> str:
     return settings.storage or f"sqlite:///{(directory / 'study.db').resolve()}"
 
 
-def open_storage(url: str):
+def open_storage(url: str, attempts: int = 5):
     optuna = need_optuna()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S)
+        for attempt in range(attempts):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S)
+            except Exception as exc:  # workers starting together on a new database race to make its tables:
+                if attempt == attempts - 1 or type(exc).__name__ not in RACES:  # the loser finds them made
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ModuleNotFoundError as exc:
         raise MtbertError(f"the study's storage {hide_password(url)} needs the Python package {exc.name!r}: "
-                          "pip install it (for PostgreSQL: pip install psycopg2-binary)") from None
+                          "pip install it (for PostgreSQL: pip install 'psycopg[binary]')") from None
     except Exception as exc:  # sqlalchemy's errors: a server that does not answer, a bad URL, no permission
         raise MtbertError(f"cannot open the study's storage {hide_password(url)}: {type(exc).__name__}: "
                           f"{first_line(exc, 300)}\n  fix: check the URL (dialect://user:password@host/database) "
