@@ -182,6 +182,8 @@ class Pool:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         failed = [i + 1 for i, c in enumerate(children) if c.returncode not in (0, 143, -signal.SIGTERM)]
+        if self.received == "SIGINT":
+            raise KeyboardInterrupt  # Ctrl-C: exit 130, as mtbert run (the workers saved their states)
         if self.received:
             raise Stopped(f"{self.received} received: the workers stopped (their running trials saved their "
                           "states and are retried first); continue the study with the same command")

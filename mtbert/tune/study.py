@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -183,9 +184,16 @@ class Worker:
         left = self.settings.trials - counted(self.optuna_study)
         if left <= 0:
             return
-        with self.between.on_sigterm():
-            self.optuna_study.optimize(self.objective, n_trials=left, catch=(Exception,),
-                                       callbacks=[self.after_trial], gc_after_trial=True)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.between.on_sigterm():
+                self.optuna_study.optimize(self.objective, n_trials=left, catch=(Exception,),
+                                           callbacks=[self.after_trial], gc_after_trial=True)
+        except SQLAlchemyError as exc:  # the database went away, a full disk under SQLite ...
+            raise MtbertError(f"the study's storage failed: {type(exc).__name__}: {first_line(exc, 300)}\n"
+                              "  fix: check the database (or the disk under the study directory), then run the "
+                              "same command again: the study continues") from None
         if self.between.signal:
             raise Stopped(f"{self.between.signal} received: the study stopped (a running trial saved its state "
                           "and is retried first); continue it with the same command")
@@ -202,7 +210,7 @@ class Worker:
         from mtbert.training.loop import Trainer
 
         trial.set_user_attr("host", f"{socket.gethostname()}:{os.getpid()}")
-        values, drawn = self.settings.space.sample(trial)
+        values, _ = self.settings.space.sample(trial)
         resumes = trial.user_attrs.get("resumes")
         name = resumes or f"trial-{trial.number:04d}"
         trial.set_user_attr("run", name)
@@ -219,6 +227,7 @@ class Worker:
             resume = resumes is not None and (path / "state").exists()
             run = RunDir.existing(path, spec) if resume else RunDir.create(spec, self._fresh(path))
             trial.set_user_attr("run", run.path.name)
+            path = run.path
             with logged_to(run.path / "log.txt"):
                 best = trainer.fit(run, resume=resume)
         except Stopped as exc:
@@ -235,7 +244,8 @@ class Worker:
         except MtbertError as exc:
             return self.failed(trial, f"{exc.title}: {first_line(exc, 400)}")
         except Exception as exc:  # any error in a plugin: this combination fails, the study goes on
-            log.exception("trial %d failed", trial.number)
+            if path.is_dir():  # the whole traceback beside the trial's log, for a plugin's author
+                (path / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return self.failed(trial, f"{type(exc).__name__}: {first_line(exc, 400)}")
         if best is None:
             return self.failed(trial, "no dev evaluation was made")

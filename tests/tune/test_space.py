@@ -8,7 +8,7 @@ import pytest
 from mtbert.base.errors import SpecError
 from mtbert.config.spec import dump_spec
 from mtbert.tune.settings import load_study, parse_settings
-from mtbert.tune.space import label, parse_space
+from mtbert.tune.space import label
 
 from helpers import toy_data, toy_spec
 
