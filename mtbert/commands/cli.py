@@ -203,26 +203,22 @@ def tune(spec, space, overrides, out, trials, parallel, study_name, storage, sam
     for handler in logging.getLogger().handlers:  # each trial logs to its run directory; here a line per trial
         handler.setLevel(logging.WARNING)
     from mtbert.tune.command import run_tune
+    from mtbert.tune.results import read_rows
     from mtbert.tune.settings import load_study
 
     options = {"trials": trials, "parallel": parallel, "study": study_name, "storage": storage,
                "sampler": sampler, "pruner": pruner, "objectives": objectives, "seed": seed}
-    study = load_study(spec, space, registry(), overrides, options)
-    if study.settings.seed is None:
-        import attrs
-
-        study = attrs.evolve(study, settings=attrs.evolve(study.settings, seed=int(study.data.get("seed", 11))))
+    components = registry()
+    study = load_study(spec, space, components, overrides, options)
     spawn = [sys.executable, "-m", "mtbert", "tune", str(spec)] + (["--space", str(space)] if space else [])
     for text in overrides:
         spawn += ["--set", text]
     for key, value in options.items():
         if value is not None and key != "parallel":
             spawn += [f"--{key}", str(value)]
-    directory = run_tune(study, registry(), out, echo=click.echo, worker=worker, spawn=spawn)
-    if worker is None:
-        summary = (directory / "summary.jsonl").read_text(encoding="utf-8") if (directory / "summary.jsonl").is_file() else ""
-        if '"state": "failed"' in summary:
-            sys.exit(1)  # some trial failed (the table says why): a script must notice
+    directory = run_tune(study, components, out, echo=click.echo, worker=worker, spawn=spawn)
+    if worker is None and any(row["state"] == "failed" for row in read_rows(directory)):
+        sys.exit(1)  # some trial failed (the table says why): a script must notice
 
 
 @main.command()

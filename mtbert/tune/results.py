@@ -105,6 +105,12 @@ def front_table(study, objectives) -> str:
     return "\n".join(lines)
 
 
+def read_rows(directory: Path) -> list[dict]:
+    """``summary.jsonl``'s rows (none when the study wrote none yet)."""
+    path = Path(directory) / "summary.jsonl"
+    return [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+
+
 def write_results(study, directory: Path, objectives, title: str) -> Path | None:
     """Every results file from the study as it is now; the best spec's path, if there is one."""
     trials = study.get_trials(deepcopy=False)

@@ -111,9 +111,9 @@ def parse_settings(raw: Any, tasks: tuple[str, ...], where: str = "tune") -> Set
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         problems.append((f"{where}.seed", f"expected an integer, got {seed!r}"))
-    values = {key: _positive_int(raw, key, default, problems, where, least)
-              for key, default, least in (("trials", 20, 1), ("parallel", 1, 1), ("startup_trials", 3, 0),
-                                          ("warmup_steps", 0, 0))}
+    defaults = attrs.fields_dict(Settings)
+    values = {key: _positive_int(raw, key, defaults[key].default, problems, where, least)
+              for key, least in (("trials", 1), ("parallel", 1), ("startup_trials", 0), ("warmup_steps", 0))}
     if space is not None and sampler == "grid" and space.grid() is None:
         problems.append((f"{where}.sampler", 'the grid sampler needs every parameter discrete: give each float a '
                                              'step, or use type = "choice"'))
@@ -157,4 +157,6 @@ def load_study(spec_path: Path, space_path: Path | None, registry, overrides: tu
         check_against_spec(settings.space, data, lambda d: structure_spec(d, registry, str(spec_path)))
     except SpecError as exc:
         raise SpecError(exc.problems, str(space_path or spec_path)) from None
+    if settings.seed is None:  # the sampler's draws are as reproducible as the runs
+        settings = attrs.evolve(settings, seed=spec.seed)
     return Study(settings, data, Path(spec_path), tuple(spec.tasks))

@@ -199,6 +199,9 @@ class Worker:
                           "and is retried first); continue it with the same command")
 
     def after_trial(self, optuna_study, trial) -> None:
+        from mtbert.tune.results import write_results
+
+        write_results(optuna_study, self.directory, self.settings.objectives, self.study.name)
         self.echo(trial)
         if counted(optuna_study) >= self.settings.trials or self.between.signal:
             optuna_study.stop()
