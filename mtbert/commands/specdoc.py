@@ -219,7 +219,8 @@ def tune_section() -> list[str]:
            "| key | default | meaning |", "|---|---|---|"]
     for name, text in TUNE.items():
         field = fields[name]
-        shown = "" if field.default is None else f"`{json.dumps(list(field.default)) if isinstance(field.default, tuple) else field.default}`"
+        default = list(field.default) if isinstance(field.default, tuple) else field.default
+        shown = "" if default is None else f"`{json.dumps(default) if isinstance(default, list) else default}`"
         out.append(f"| `{name}` | {shown} | {text} |")
     out += ["", "Each `[params.\"<dotted spec key>\"]` table is one parameter, set in the order given "
             "(`tasks.sst.weight`, `train.lr`, `sampler`, `gradient.c` ...):", "",

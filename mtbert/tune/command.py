@@ -171,7 +171,9 @@ class Pool:
         seen = {t.number for t in optuna_study.get_trials(deepcopy=False) if t.state.is_finished()}
         children = []
         for i in range(self.settings.parallel):
-            argv = [*self.command, "--out", str(self.directory), "--worker", str(i + 1)] + (["--set", f"train.threads={threads}"] if threads else [])
+            argv = [*self.command, "--out", str(self.directory), "--worker", str(i + 1)]
+            if threads:
+                argv += ["--set", f"train.threads={threads}"]
             with open(logs / f"worker-{i + 1}.log", "ab") as log_file:
                 children.append(subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                                  start_new_session=True))  # Ctrl-C reaches them through here

@@ -30,8 +30,8 @@ from mtbert.tune.settings import Settings, Study
 log = logging.getLogger(__name__)
 
 PRUNED = "pruned"  # the stop request's reason when the pruner stops a run
-HEARTBEAT_S, GRACE_S = 10, 60
-RACES = ("IntegrityError", "ProgrammingError", "OperationalError")  # sqlalchemy's, while tables are made  # a trial whose worker was silent this long is marked failed (a killed worker)
+HEARTBEAT_S, GRACE_S = 10, 60  # a trial whose worker was silent this long is marked failed (a killed worker)
+RACES = ("IntegrityError", "ProgrammingError", "OperationalError")  # sqlalchemy's, while tables are made
 
 
 def need_optuna():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_study import write
+from helpers import tune_files
 
 
 def server_binaries() -> Path | None:
@@ -68,7 +68,7 @@ def postgres_url():
 
 
 def test_two_workers_share_one_study_through_postgresql(registry, tmp_path, postgres_url):
-    spec, space = write(tmp_path, registry, 'trials = 6\nsampler = "random"\npruner = "none"\n'
+    spec, space = tune_files(tmp_path, registry, 'trials = 6\nsampler = "random"\npruner = "none"\n'
                         '[params."train.lr"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n',
                         steps=30, eval_every=15)
     commands = [[sys.executable, "-m", "mtbert", "tune", str(spec), "--space", str(space), "--storage",

@@ -14,20 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from mtbert.commands.cli import main
-from mtbert.config.spec import dump_spec, load_spec
+from mtbert.config.spec import load_spec
 from mtbert.tune.command import reopen, run_tune
 from mtbert.tune.settings import load_study
 
-from helpers import toy_data, toy_spec
-
-
-def write(tmp_path, registry, space: str, **train) -> tuple:
-    settings = {"steps": 12, "eval_every": 3, "log_every": 3, "threads": 1, **train}  # tiny steps: one thread
-    spec = tmp_path / "spec.toml"
-    spec.write_text(dump_spec(toy_spec(registry, toy_data(tmp_path / "data", n=48), **settings)))
-    path = tmp_path / "space.toml"
-    path.write_text(space)
-    return spec, path
+from helpers import tune_files
 
 
 def rows(directory) -> list[dict]:
@@ -38,7 +29,7 @@ LR = '[params."train.lr"]\ntype = "choice"\nvalues = [3e-3, 1e-6]\n'
 
 
 def test_a_study_prunes_hopeless_trials_and_leaves_a_runnable_best_spec(registry, tmp_path):
-    spec, space = write(tmp_path, registry, 'trials = 5\nsampler = "random"\nseed = 2\nstartup_trials = 2\n' + LR
+    spec, space = tune_files(tmp_path, registry, 'trials = 5\nsampler = "random"\nseed = 2\nstartup_trials = 2\n' + LR
                         + '[params."tasks.count.weight"]\ntype = "float"\nlow = 0.5\nhigh = 2.0\n')
     lines = []
     directory = run_tune(load_study(spec, space, registry), registry, tmp_path / "study", echo=lines.append)
@@ -69,7 +60,7 @@ def test_a_study_prunes_hopeless_trials_and_leaves_a_runnable_best_spec(registry
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(registry, tmp_path):
-    spec, space = write(tmp_path, registry, 'trials = 2\nsampler = "grid"\npruner = "none"\n'
+    spec, space = tune_files(tmp_path, registry, 'trials = 2\nsampler = "grid"\npruner = "none"\n'
                         '[params."train.lr"]\ntype = "choice"\nvalues = [3e-3, 1e30]\n', max_bad_steps=1)
     result = CliRunner().invoke(main, ["tune", str(spec), "--space", str(space), "--out", str(tmp_path / "s")])
     assert result.exit_code == 1, result.output  # a trial failed: a script notices
@@ -80,7 +71,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(registry, tmp_path):
 
 
 def test_several_objectives_give_a_pareto_front(registry, tmp_path):
-    spec, space = write(tmp_path, registry, 'trials = 4\nsampler = "random"\nseed = 0\n'
+    spec, space = tune_files(tmp_path, registry, 'trials = 4\nsampler = "random"\nseed = 0\n'
                         'objectives = ["sent", "count"]\n'
                         '[params."tasks.sent.weight"]\ntype = "float"\nlow = 0.1\nhigh = 3.0\n'
                         '[params."train.lr"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n')
@@ -106,7 +97,7 @@ def tune_command(spec, space, out, *more) -> list[str]:
 
 
 def test_two_worker_processes_share_one_sqlite_study(registry, tmp_path):
-    spec, space = write(tmp_path, registry, 'trials = 4\nsampler = "random"\npruner = "none"\n'
+    spec, space = tune_files(tmp_path, registry, 'trials = 4\nsampler = "random"\npruner = "none"\n'
                         '[params."train.lr"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n',
                         steps=24, eval_every=12)
     done = subprocess.run(tune_command(spec, space, tmp_path / "study", "--parallel", "2"), capture_output=True,
@@ -122,7 +113,7 @@ def test_two_worker_processes_share_one_sqlite_study(registry, tmp_path):
 
 
 def test_a_study_stopped_by_sigint_continues_with_the_same_command(registry, tmp_path):
-    spec, space = write(tmp_path, registry, 'trials = 2\nsampler = "random"\npruner = "none"\n'
+    spec, space = tune_files(tmp_path, registry, 'trials = 2\nsampler = "random"\npruner = "none"\n'
                         '[params."train.lr"]\ntype = "float"\nlow = 1e-3\nhigh = 1e-2\nlog = true\n',
                         steps=60, eval_every=60, save_every=10, log_every=10)
     command = tune_command(spec, space, tmp_path / "study")
