@@ -286,6 +286,12 @@ class Trainer:
         finally:
             bar.close()
 
+    @property
+    def finishing(self) -> bool:
+        """Whether the step just taken was the run's last (its last phase's budget is spent): an
+        evaluation there is the final one, and stopping after it saves nothing."""
+        return self.parts is not None and self.counters.phase == len(self.phases) - 1 and not self._budget_left()
+
     def _budget_left(self) -> bool:
         """Whether the phase has optimizer steps left: the one test of its budget."""
         return self.step - self.counters.phase_start < self.parts.total

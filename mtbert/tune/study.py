@@ -270,7 +270,7 @@ class Worker:
         if len(self.settings.objectives) > 1:
             return  # Optuna prunes single-objective studies only
         trial.report(float(record["overall"]), int(record["step"]))
-        if trial.should_prune():
+        if not trainer.finishing and trial.should_prune():  # a finished run is a finished trial
             trainer.stop.request(PRUNED)
 
     def values(self, trial, trainer, best: dict):

@@ -41,7 +41,7 @@ def test_a_study_prunes_hopeless_trials_and_leaves_a_runnable_best_spec(registry
         run = directory / r["run"]
         evaluations = (run / "metrics.jsonl").read_text().splitlines()
         assert (run / "state").is_dir() and (run / "best.json").is_file() and len(evaluations) < 4
-        assert r["reason"].startswith("pruned at step")
+        assert r["reason"].startswith("pruned at step") and int(r["reason"].split()[-1]) < 12  # never at the end
     done = [r for r in found if r["state"] == "done"]
     best = max(done, key=lambda r: r["values"]["overall"])
     assert best["params"]["train.lr"] == 3e-3
@@ -139,3 +139,18 @@ def test_a_study_stopped_by_sigint_continues_with_the_same_command(registry, tmp
     assert retried[0].user_attrs["run"] == "trial-0000" and retried[0].state.name == "COMPLETE"
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2  # the study's 2 trials, none lost
     assert not (tmp_path / "study" / f"trial-{retried[0].number:04d}").exists()
+
+
+def test_the_trainer_tells_its_listener_each_evaluation_and_whether_it_is_the_last(registry, tmp_path):
+    """What pruning reads: each evaluation's record, and whether the run is at its end (a trial that
+    reached its last step is finished, not pruned)."""
+    from helpers import toy_data, toy_spec
+    from mtbert.runs.rundir import RunDir
+    from mtbert.training.loop import Trainer
+
+    spec = toy_spec(registry, toy_data(tmp_path / "data", n=32), steps=4, eval_every=2, threads=1)
+    trainer = Trainer(spec, registry, progress=False)
+    seen = []
+    trainer.on_evaluation = lambda record: seen.append((record["step"], trainer.finishing))
+    trainer.fit(RunDir.create(spec, tmp_path / "run"))
+    assert seen == [(2, False), (4, True)]
