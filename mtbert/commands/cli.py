@@ -312,7 +312,7 @@ def report(run_dir, out, data_dir, storage):
     from mtbert.tune.command import MARKER
 
     if (run_dir / MARKER).is_file():
-        from mtbert.tune.pictures import make_study_report
+        from mtbert.commands.study_report import make_study_report
 
         written = make_study_report(run_dir, out, storage)
         for note in written.notes:
