@@ -272,7 +272,9 @@ def test_scale_equivariance_and_finite_answers(registry, key, granularity):
     differs is the method's arithmetic, not the rounding of the inputs); and finite answers from
     finite gradients, also at 2^64 (1.8e19: the float32 Gram matrix overflowed at 1e19)."""
     degree = METHODS[key][1]
-    for family, tasks, seed in PROPERTY_CASES:
+    # CAGrad's interior-point solve costs 8 s a granularity over every case: one seed of each for it
+    cases = [c for c in PROPERTY_CASES if key != "cagrad" or c[2] == 0]
+    for family, tasks, seed in cases:
         rows = case(family, tasks, 21, seed).double()
         base = blocked_update(registry, key, rows.float(), granularity).double()
         floor = 1e-6 * float(rows.abs().max()) ** degree  # where the answer is 0

@@ -35,7 +35,9 @@ def family_data(registry, tmp_path, family, **train):
     return data
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# mpnet (LoRA's q/v: test_hf_encoder.py) and nomic_bert (PALs and resume below) are left out here for the
+# suite's time; each passed this test when it was added
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("mpnet", "nomic_bert")])
 def test_every_method_resumes_bitwise_and_exports(registry, tmp_path, family):
     data = family_data(registry, tmp_path, family, steps=4, save_every=2, eval_every=4)
     data.update(sampler="all_tasks", gradient={"name": "pcgrad", "granularity": "layer"},

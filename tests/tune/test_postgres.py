@@ -70,7 +70,7 @@ def postgres_url():
 def test_two_workers_share_one_study_through_postgresql(registry, tmp_path, postgres_url):
     spec, space = tune_files(tmp_path, registry, 'trials = 6\nsampler = "random"\npruner = "none"\n'
                         '[params."train.lr"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n',
-                        steps=30, eval_every=15)
+                        steps=16, eval_every=8)
     commands = [[sys.executable, "-m", "mtbert", "tune", str(spec), "--space", str(space), "--storage",
                  postgres_url, "--study", "shared", "--out", str(tmp_path / f"machine-{i}")] for i in (1, 2)]
     workers = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]

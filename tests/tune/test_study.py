@@ -99,7 +99,7 @@ def tune_command(spec, space, out, *more) -> list[str]:
 def test_two_worker_processes_share_one_sqlite_study(registry, tmp_path):
     spec, space = tune_files(tmp_path, registry, 'trials = 4\nsampler = "random"\npruner = "none"\n'
                         '[params."train.lr"]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n',
-                        steps=24, eval_every=12)
+                        steps=12, eval_every=6)
     done = subprocess.run(tune_command(spec, space, tmp_path / "study", "--parallel", "2"), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
