@@ -41,7 +41,10 @@ def study_dir(study: Study, out: str | Path | None) -> Path:
         raise MtbertError(f"cannot make the study directory {path}: {exc.strerror or exc}\n"
                           "  fix: choose an --out in a writable folder") from None
     if marker.is_file():
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
+        try:
+            recorded = read_record(path)
+        except MtbertError:  # damaged: this run writes it again
+            recorded = {"study": study.name}
         if recorded.get("study") != study.name:
             raise MtbertError(f"{path} holds study {recorded.get('study')!r}, not {study.name!r}; choose "
                               "another --out or the same study name")
@@ -59,21 +62,25 @@ def record(study: Study, directory: Path) -> None:
 
 def read_record(directory: Path) -> dict:
     try:
-        return json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
+        recorded = json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MtbertError(f"{directory} is not a study directory ({MARKER}: {exc})") from None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("study"), str):
+        raise MtbertError(f"{directory / MARKER} is damaged: it names no study; write it again by running the "
+                          "study's mtbert tune command")
+    return recorded
 
 
 def reopen(directory: Path, storage: str | None = None):
     """A finished or running study from its directory (for report and compare)."""
-    from mtbert.tune.study import open_storage
+    from mtbert.tune.study import need_optuna, open_storage
 
     recorded = read_record(directory)
     url = storage or (recorded["storage"] if "(in this directory)" not in recorded["storage"]
                       else f"sqlite:///{(Path(directory) / 'study.db').resolve()}")
     if "***" in url:
         raise MtbertError(f"the study {recorded['study']!r} lives in {url}; give its full URL with --storage")
-    import optuna
+    optuna = need_optuna()
 
     try:
         return optuna.load_study(study_name=recorded["study"], storage=open_storage(url)), recorded
