@@ -154,3 +154,10 @@ def test_the_trainer_tells_its_listener_each_evaluation_and_whether_it_is_the_la
     trainer.on_evaluation = lambda record: seen.append((record["step"], trainer.finishing))
     trainer.fit(RunDir.create(spec, tmp_path / "run"))
     assert seen == [(2, False), (4, True)]
+
+
+def test_a_damaged_study_directory_is_one_screen(tmp_path):
+    (tmp_path / "tune.json").write_text("[1]")
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "tune.json is damaged: it names no study" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
