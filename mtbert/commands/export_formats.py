@@ -86,10 +86,10 @@ def write_transformers(directory: Path, model, task: str, top: SequenceClassifie
 
     encoder = model.encoder
     model_type = encoder.save_hf(directory)
-    files = sorted(directory.glob("*.safetensors"))
     if top.top is not None:  # the model type's own class, written by transformers (its own file layout)
         _write_own_class(directory, top)
     else:
+        files = sorted(directory.glob("*.safetensors"))
         base = {name: t for file in files for name, t in load_file(str(file)).items()}
         for file in files:
             file.unlink()

@@ -83,11 +83,14 @@ def overall(tasks: dict[str, Task], scores: dict[str, dict[str, float]]) -> floa
     For SST accuracy, Quora accuracy and STS Pearson r this is the CS224N
     course's overall score (sst_acc + para_acc + (sts_r + 1) / 2) / 3.
     """
-    values = []
-    for name, task_scores in scores.items():
-        main, metric = next(iter(tasks[name].metrics.items()))
-        values.append(metric.normalized(task_scores[main]))
+    values = [main_score(tasks[name], task_scores) for name, task_scores in scores.items()]
     return sum(values) / len(values)
+
+
+def main_score(task: Task, scores: dict[str, float]) -> float:
+    """The task's main (first) metric mapped to [0, 1]: what the overall score averages."""
+    main, metric = next(iter(task.metrics.items()))
+    return metric.normalized(scores[main])
 
 
 def format_prediction(value) -> str:

@@ -55,7 +55,6 @@ class Study:
     settings: Settings
     data: dict
     source: Path
-    tasks: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -159,4 +158,4 @@ def load_study(spec_path: Path, space_path: Path | None, registry, overrides: tu
         raise SpecError(exc.problems, str(space_path or spec_path)) from None
     if settings.seed is None:  # the sampler's draws are as reproducible as the runs
         settings = attrs.evolve(settings, seed=spec.seed)
-    return Study(settings, data, Path(spec_path), tuple(spec.tasks))
+    return Study(settings, data, Path(spec_path))

@@ -278,13 +278,14 @@ class Worker:
         in [0, 1] (as the overall score counts it)."""
         import math
 
+        from mtbert.training.prediction import main_score
+
         out = []
         for name in self.settings.objectives:
             if name == "overall":
                 out.append(float(best["overall"]))
             else:
-                main, metric = next(iter(trainer.tasks[name].metrics.items()))
-                out.append(float(metric.normalized(best["tasks"][name][main])))
+                out.append(float(main_score(trainer.tasks[name], best["tasks"][name])))
         trial.set_user_attr("overall", float(best["overall"]))
         trial.set_user_attr("tasks", best["tasks"])
         trial.set_user_attr("step", int(best["step"]))
