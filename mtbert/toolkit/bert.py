@@ -7,13 +7,18 @@ LayerNorm, then post-LN transformer layers (multi-head self-attention through
 or without the ``bert.`` prefix) into these modules; the parity test in
 tests/plugins/test_encoder_parity.py checks the hidden states against
 ``transformers.BertModel`` to 1e-5.
+
+With ``unpad`` on, the layers work on a batch's real tokens only (see
+:class:`Unpadded`): the same function, without the work on padding.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import attrs
 import torch
@@ -22,6 +27,11 @@ from torch import Tensor, nn
 
 from mtbert.base.errors import CheckpointError
 from mtbert.plugin.interfaces import Encoded, Encoder
+
+try:  # FlashAttention over packed sequences (CUDA, half precision); absent from older torch builds
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - torch < 2.10
+    varlen_attn = None
 
 
 @attrs.frozen
@@ -60,6 +70,38 @@ class BertConfig:
         return out
 
 
+class Unpadded(NamedTuple):  # (a NamedTuple, not attrs: torch.compile traces through its construction)
+    """Where a padded [batch, length] batch's real tokens are, to work on them alone.
+
+    ``index`` holds the flat positions (row * length + column) of the tokens
+    the attention mask marks, row by row; ``starts`` the cumulative row
+    lengths (0, n_0, n_0 + n_1, ...) that variable-length attention reads.
+    Finding them waits for the device once (the number of real tokens sets
+    the next shapes): the price of not computing on padding.
+    """
+
+    index: Tensor  # [tokens] int64
+    starts: Tensor  # [batch + 1] int32
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, attention_mask: Tensor) -> "Unpadded":
+        mask = attention_mask.bool()
+        index = mask.flatten().nonzero().squeeze(1)
+        starts = F.pad(mask.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+        return cls(index, starts, *mask.shape)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """[batch, length, ...] -> [tokens, ...]"""
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+
+    def scatter(self, x: Tensor) -> Tensor:
+        """[tokens, ...] -> [batch, length, ...], zeros at the padding."""
+        padded = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return padded.view(self.batch, self.length, *x.shape[1:])
+
+
 class Embeddings(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -76,6 +118,16 @@ class Embeddings(nn.Module):
             x = x + self.token_type.weight[0]
         else:
             x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+    def unpadded(self, input_ids: Tensor, token_type_ids: Tensor | None, where: Unpadded) -> Tensor:
+        """The real tokens' embeddings, [tokens, hidden]: each the same as in ``forward``'s output."""
+        positions = where.index % where.length  # a token's position is its column, as in forward
+        x = self.word(input_ids.flatten().index_select(0, where.index)) + self.position(positions)
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]
+        else:
+            x = x + self.token_type(token_type_ids.flatten().index_select(0, where.index))
         return self.dropout(self.norm(x))
 
 
@@ -98,12 +150,33 @@ class SelfAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, h: Tensor, attn_mask: Tensor) -> Tensor:
-        q, k, v = self.split(self.query(h)), self.split(self.key(h)), self.split(self.value(h))
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.p if self.training else 0.0)
-        ctx = ctx.transpose(1, 2).reshape(h.shape)
+    def forward(self, h: Tensor, attn_mask: Tensor, unpadded: Unpadded | None = None) -> Tensor:
+        if unpadded is None:
+            q, k, v = self.split(self.query(h)), self.split(self.key(h)), self.split(self.value(h))
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                 dropout_p=self.p if self.training else 0.0)
+            ctx = ctx.transpose(1, 2).reshape(h.shape)
+        else:
+            ctx = self.packed_attention(h, attn_mask, unpadded).reshape(h.shape)
         return self.norm(h + self.dropout(self.out(ctx)))
+
+    def packed_attention(self, h: Tensor, attn_mask: Tensor, where: Unpadded) -> Tensor:
+        """Attention over the real tokens ``h`` [tokens, hidden] -> [tokens, heads, head size].
+
+        FlashAttention's variable-length kernel where it runs (CUDA, bf16/fp16, head size a multiple
+        of 8 up to 256) and where nothing is dropped from the attention weights (it has no dropout):
+        evaluation, or attention_dropout = 0. Otherwise the tokens go back to their padded places for
+        the same attention as the padded path, and only the projections and the feed-forward skip
+        the padding.
+        """
+        heads = self.num_heads
+        q, k, v = (projection(h).view(h.shape[0], heads, -1) for projection in (self.query, self.key, self.value))
+        dropout = self.p if self.training else 0.0
+        if dropout == 0.0 and flash_packs(q):
+            return varlen_attn(q, k, v, where.starts, where.starts, where.length, where.length)
+        q, k, v = (where.scatter(x).transpose(1, 2) for x in (q, k, v))  # [batch, heads, length, size]
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        return where.gather(ctx.transpose(1, 2))
 
 
 class Layer(nn.Module):
@@ -126,21 +199,41 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout)
         self.slots = nn.ModuleList()
 
-    def forward(self, h: Tensor, attn_mask: Tensor, task: str | None = None) -> Tensor:
-        a = self.attention(h, attn_mask)
+    def forward(self, h: Tensor, attn_mask: Tensor, task: str | None = None,
+                unpadded: Unpadded | None = None) -> Tensor:
+        a = self.attention(h, attn_mask, unpadded)
         # F.gelu's default is the exact erf form BERT uses, not the tanh approximation.
         z = a + self.dropout(self.ffn_out(F.gelu(self.ffn_in(a))))
+        if len(self.slots) and unpadded is not None:  # branches see the padded batch, as they always do
+            padded_h, padded_a = unpadded.scatter(h), unpadded.scatter(a)
         for branch in self.slots:
-            extra = branch(h, a, attn_mask, task)
+            if unpadded is None:
+                extra = branch(h, a, attn_mask, task)
+            else:
+                extra = branch(padded_h, padded_a, attn_mask, task)
+                extra = None if extra is None else unpadded.gather(extra)
             if extra is not None:
                 z = z + extra
         return self.norm(z)
 
 
+def flash_packs(q: Tensor) -> bool:
+    """Whether FlashAttention's variable-length kernel takes these packed queries [tokens, heads, size]."""
+    return (varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256 and _flash_device(q.device.index or 0))
+
+
+@functools.lru_cache(maxsize=None)
+def _flash_device(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)  # FlashAttention 2 needs Ampere or later
+
+
 class MinBert(Encoder):
-    def __init__(self, config: BertConfig, tokenizer=None):
+    def __init__(self, config: BertConfig, tokenizer=None, unpad: bool = False):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
+        # Work on the real tokens only (not under export: a traced graph keeps the padded shapes).
+        self.unpad = unpad
         self.hidden_size = config.hidden_size
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
@@ -167,13 +260,29 @@ class MinBert(Encoder):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
                 *, task: str | None = None, inputs_embeds: Tensor | None = None) -> Encoded:
-        h = self.embed(input_ids, token_type_ids) if inputs_embeds is None else inputs_embeds
         # [B, 1, 1, T] boolean: True where a key may be attended to.
         attn_mask = attention_mask[:, None, None, :].bool()
+        if self.unpad and not torch.compiler.is_exporting() and not torch.jit.is_tracing():
+            return self._forward_unpadded(input_ids, attention_mask, attn_mask, token_type_ids, task, inputs_embeds)
+        h = self.embed(input_ids, token_type_ids) if inputs_embeds is None else inputs_embeds
         for layer in self.layers:
             h = layer(h, attn_mask, task)
         pooled = torch.tanh(self.pooler(h[:, 0]))
         return Encoded(h, attention_mask, pooled)
+
+    def _forward_unpadded(self, input_ids, attention_mask, attn_mask, token_type_ids, task, inputs_embeds):
+        """The same as the padded forward on the real tokens, with zeros at the padding (which every
+        reader of Encoded.states masks out). Padding is on the right: [CLS] stays at column 0."""
+        where = Unpadded.of(attention_mask)
+        if inputs_embeds is None:
+            h = self.embeddings.unpadded(input_ids, token_type_ids, where)
+        else:
+            h = where.gather(inputs_embeds)
+        for layer in self.layers:
+            h = layer(h, attn_mask, task, where)
+        states = where.scatter(h)
+        pooled = torch.tanh(self.pooler(states[:, 0]))
+        return Encoded(states, attention_mask, pooled)
 
     def save_architecture(self, directory: Path) -> None:
         directory = Path(directory)

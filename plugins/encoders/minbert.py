@@ -4,6 +4,12 @@ Options select the checkpoint (``pretrained``: 'minilm-l6', a directory or a
 hub id) and can override dropout. ``init = "random"`` keeps the checkpoint's
 architecture and tokenizer but starts from random weights, optionally resized
 (``num_layers`` ...): that is how tests get a tiny encoder.
+
+``unpad = true`` runs the layers on each batch's real tokens only
+(mtbert.toolkit.bert.Unpadded): the same outputs without the work on
+padding, through FlashAttention's variable-length kernel on a GPU where
+attention has no dropout (evaluation, or attention_dropout = 0). Off by
+default until a GPU measures it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ SIZE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 @attrs.frozen
 class MinBertOptions:
-    pretrained: str = "minilm-l6"
-    init: Literal["pretrained", "random"] = "pretrained"
-    num_layers: int | None = attrs.field(default=None, validator=at_least(1))
-    hidden_size: int | None = attrs.field(default=None, validator=at_least(1))
-    num_heads: int | None = attrs.field(default=None, validator=at_least(1))
-    intermediate_size: int | None = attrs.field(default=None, validator=at_least(1))
-    dropout: float | None = attrs.field(default=None, validator=probability)
-    attention_dropout: float | None = attrs.field(default=None, validator=probability)
+    pretrained: str = "minilm-l6"  # "minilm-l6" (embedded), a checkpoint directory or a hub id
+    init: Literal["pretrained", "random"] = "pretrained"  # "random": the checkpoint's shape and tokenizer, random weights
+    num_layers: int | None = attrs.field(default=None, validator=at_least(1))  # with init = "random"
+    hidden_size: int | None = attrs.field(default=None, validator=at_least(1))  # with init = "random"
+    num_heads: int | None = attrs.field(default=None, validator=at_least(1))  # with init = "random"
+    intermediate_size: int | None = attrs.field(default=None, validator=at_least(1))  # with init = "random"
+    dropout: float | None = attrs.field(default=None, validator=probability)  # default: the checkpoint's
+    attention_dropout: float | None = attrs.field(default=None, validator=probability)  # default: the checkpoint's
+    unpad: bool = False  # run the layers on real tokens only (same outputs, no work on padding); see docs/benchmarks.md
 
     def check(self):
         sizes = [f for f in SIZE_FIELDS if getattr(self, f) is not None]
@@ -77,7 +84,7 @@ def build_minbert(options: MinBertOptions, *, restore: Path | None = None) -> Mi
     """Our own BERT in one file, loaded from Hugging Face safetensors."""
     source = Path(restore) if restore is not None else pretrained.resolve(options.pretrained)
     hf_config = pretrained.read_config(source)
-    model = MinBertEncoder(_architecture(options, hf_config), pretrained.load_tokenizer(source))
+    model = MinBertEncoder(_architecture(options, hf_config), pretrained.load_tokenizer(source), unpad=options.unpad)
     if restore is None and options.init == "pretrained":
         ignored = load_hf_weights(model, pretrained.read_safetensors(source), str(source))
         if ignored:
