@@ -15,10 +15,12 @@ length; the table at the end gives each as a ratio to its peer:
   linear head, random batches and ``torch.optim.AdamW``; and mtbert with
   ``train.compile = true`` (torch.compile; its compilation happens in the
   warm-up steps); and mtbert with ``train.precision = "bf16"`` (autocast; on
-  the GPU that is the default already).
+  the GPU that is the default already); and mtbert with the encoder's
+  ``unpad = true`` (the layers skip the padding), with length buckets (the
+  default) and without (``mtbert_nobuckets``, ``mtbert_unpad_nobuckets``).
 - eval/<task>: prediction examples per second over the dev set (Quora: its
   first 4,000 pairs), batch 128: mtbert's ``predict`` vs ``Trainer.evaluate``
-  vs the plain loop.
+  vs the plain loop; and mtbert with ``unpad = true``.
 - step/<method>: seconds per optimizer step of an all-tasks step (one batch
   of each of the three tasks) with the summed loss, PCGrad, GradVac, and
   SMART (adversarial term, one ascent step; with its Bregman teacher; and
@@ -172,6 +174,25 @@ def mtbert_train_graphs(args, task: str) -> dict:
     return mtbert_train(args, task, compile=True, compile_mode="reduce-overhead")
 
 
+def unpadded_encoder(args) -> dict:
+    """The benchmark's encoder with ``unpad = true``: the layers skip the padding (issue 29's prepared fix)."""
+    return {**encoder_table(args), "unpad": True}
+
+
+def mtbert_train_unpad(args, task: str) -> dict:
+    return time_loop(args, mtbert_trainer(args, [task], encoder=unpadded_encoder(args)), [task])
+
+
+def mtbert_train_nobuckets(args, task: str) -> dict:
+    """Batches drawn without length buckets: a third to a half of their tokens are padding."""
+    return mtbert_train(args, task, length_buckets=False)
+
+
+def mtbert_train_unpad_nobuckets(args, task: str) -> dict:
+    trainer = mtbert_trainer(args, [task], {"length_buckets": False}, encoder=unpadded_encoder(args))
+    return time_loop(args, trainer, [task])
+
+
 def time_loop(args, trainer, tasks: list[str]) -> dict:
     """Time ``args.steps`` optimizer steps of mtbert's own loop on ``tasks``, after ``args.warmup``."""
     step = mtbert_stepper(trainer, tasks)
@@ -185,7 +206,7 @@ def time_loop(args, trainer, tasks: list[str]) -> dict:
     return {"examples_per_s": (trainer.meter.examples - examples) / elapsed, "s_per_step": elapsed / args.steps}
 
 
-def mtbert_eval(args, task: str) -> dict:
+def mtbert_eval(args, task: str, **changes) -> dict:
     import attrs
 
     from mtbert.model.build import build_model, build_tasks
@@ -193,7 +214,7 @@ def mtbert_eval(args, task: str) -> dict:
     from mtbert.plugin.loading import default_registry
 
     registry = default_registry()
-    spec = mtbert_spec(args, [task])
+    spec = mtbert_spec(args, [task], **changes)
     if task == "para":
         data = attrs.evolve(spec.tasks[task].data, limit=DEV_LIMIT + 2)  # the same rows the peers read
         spec = attrs.evolve(spec, tasks={task: attrs.evolve(spec.tasks[task], data=data)})
@@ -206,6 +227,10 @@ def mtbert_eval(args, task: str) -> dict:
     predict(model, task, dev, 128, torch_device(args), 0, autocast)
     sync(args.device)
     return {"examples_per_s": len(dev) / (time.perf_counter() - start), "examples": len(dev)}
+
+
+def mtbert_eval_unpad(args, task: str) -> dict:
+    return mtbert_eval(args, task, encoder=unpadded_encoder(args))
 
 
 def autocast_for(args):
@@ -267,12 +292,15 @@ def hf_dataset(task: str, split: str, tokenizer, limit=None):
 
 
 def hf_trainer(args, task: str, train=True):
+    import atexit
+    import shutil
     import tempfile
 
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     tokenizer = hf_tokenizer()
-    tmp = tempfile.mkdtemp(prefix="bench-hf-")
+    tmp = tempfile.mkdtemp(prefix="bench-hf-")  # the Trainer's output_dir: it writes nothing there (no saves)
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # (each measurement is its own process)
     targs = TrainingArguments(
         output_dir=tmp, max_steps=args.warmup + args.steps, per_device_train_batch_size=32,
         per_device_eval_batch_size=128, learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.1,
@@ -518,9 +546,13 @@ RUNS = {
     **{f"train/{t}/mtbert_compiled": (mtbert_train_compiled, t) for t in TASKS},
     **{f"train/{t}/mtbert_bf16": (mtbert_train_bf16, t) for t in TASKS},
     **{f"train/{t}/mtbert_graphs": (mtbert_train_graphs, t) for t in TASKS},
+    **{f"train/{t}/mtbert_unpad": (mtbert_train_unpad, t) for t in TASKS},
+    **{f"train/{t}/mtbert_nobuckets": (mtbert_train_nobuckets, t) for t in TASKS},
+    **{f"train/{t}/mtbert_unpad_nobuckets": (mtbert_train_unpad_nobuckets, t) for t in TASKS},
     **{f"train/{t}/hf_trainer": (hf_train, t) for t in TASKS},
     **{f"train/{t}/plain_torch": (plain_train, t) for t in TASKS},
     **{f"eval/{t}/mtbert": (mtbert_eval, t) for t in TASKS},
+    **{f"eval/{t}/mtbert_unpad": (mtbert_eval_unpad, t) for t in TASKS},
     **{f"eval/{t}/hf_trainer": (hf_eval, t) for t in TASKS},
     **{f"eval/{t}/plain_torch": (plain_eval, t) for t in TASKS},
     **{f"step/{m}": (mtbert_step, m) for m in STEP_METHODS},
@@ -554,6 +586,12 @@ def ratios(results: dict) -> list[tuple[str, str, float]]:
                 if ours and theirs:
                     rows.append((f"{kind}/{task}", f"mtbert / {peer} (examples/s)",
                                  ours["examples_per_s"] / theirs["examples_per_s"]))
+            # the unpadded encoder against the padded one, with and without length buckets
+            for padded, unpadded in (("mtbert", "mtbert_unpad"), ("mtbert_nobuckets", "mtbert_unpad_nobuckets")):
+                base, fix = results.get(f"{kind}/{task}/{padded}"), results.get(f"{kind}/{task}/{unpadded}")
+                if base and fix:
+                    rows.append((f"{kind}/{task}", f"{unpadded} / {padded} (examples/s)",
+                                 fix["examples_per_s"] / base["examples_per_s"]))
     base = results.get("step/sum")
     for method in (m for m in STEP_METHODS if m != "sum"):
         if base and results.get(f"step/{method}"):

@@ -21,14 +21,16 @@ def test_the_gpu_script_runs_every_stage_on_the_cpu(tmp_path, data_dir):
                           cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = (out / "summary.md").read_text()
-    for stage in ("cuda tests", "profile", "peers minilm", "mfu", "cuda graphs", "step costs"):
+    for stage in ("cuda tests", "profile", "peers minilm", "mfu", "prepared fixes", "step costs"):
         assert f"{stage}: exit 0" in summary, summary
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir()), files
-    assert {"cuda_tests.log", "profile.txt", "bench-minilm.json", "mfu.json", "graphs.json", "step-costs.json",
+    assert {"cuda_tests.log", "profile.txt", "bench-minilm.json", "mfu.json", "fixes.json", "step-costs.json",
             "summary.md"} <= set(files)
     table = summary[summary.index("| measurement"):].strip()
     assert done.stdout.strip().endswith(table)  # printed last
     assert "train examples/s, mtbert / Trainer, MiniLM |" in table and "T = 3" in table
-    assert "CUDA graphs (compile_mode reduce-overhead) / default" in table
+    for fix in ("unpad = true / default, train", "unpad = true / default, eval",
+                "CUDA graphs (compile_mode reduce-overhead) / default, train"):
+        assert fix in table, fix
     assert "wall_s_per_step" in (out / "profile.txt").read_text()
