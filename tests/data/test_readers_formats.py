@@ -85,22 +85,33 @@ def test_a_local_data_directory_loads_through_load_dataset(registry, tiny_encode
     assert_same_splits(tsv, other)
 
 
-def run_refused(registry, data, tmp_path, reader, sent, kind="data"):
-    """``mtbert run`` with the sentiment task read by ``reader`` from ``sent``: refused, one screen."""
+def run_refused(registry, data, tmp_path, reader, sent, kind="data", in_process=True):
+    """``mtbert run`` with the sentiment task read by ``reader`` from ``sent``: refused, one screen.
+    In this process through click's runner (the same command and screens, without an interpreter
+    start per case), or as the real executable (``in_process=False``: for what reads the
+    environment at import, as huggingface_hub reads HF_HUB_OFFLINE)."""
     import tomli_w
+    from click.testing import CliRunner
+
+    from mtbert.commands.cli import main
 
     spec = unstructure(toy_spec(registry, data))
     spec["tasks"]["sent"]["data"].update(reader=reader, train=sent, dev=sent)
     tmp_path.mkdir(parents=True)
     path = tmp_path / "spec.toml"
     path.write_text(tomli_w.dumps({**spec, "out": str(tmp_path / "runs")}))
-    result = mtbert("run", path, "--no-progress")
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"mtbert: {kind} error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout and len(result.stderr.splitlines()) <= 6
-    assert "tasks.sent.data.train" in result.stderr if kind == "spec" else True
+    if in_process:
+        result = CliRunner().invoke(main, ["run", str(path), "--no-progress"])
+        code, stderr, everything = result.exit_code, result.stderr, result.output
+    else:
+        result = mtbert("run", path, "--no-progress")
+        code, stderr, everything = result.returncode, result.stderr, result.stderr + result.stdout
+    assert code == 2, everything
+    assert stderr.startswith(f"mtbert: {kind} error: "), stderr
+    assert "Traceback" not in everything and len(stderr.splitlines()) <= 6
+    assert "tasks.sent.data.train" in stderr if kind == "spec" else True
     assert not (tmp_path / "runs").exists()
-    return result.stderr
+    return stderr
 
 
 def test_parquet_missing_column_wrong_type_and_a_broken_file(registry, toy, tmp_path):
@@ -137,5 +148,6 @@ def test_saved_dataset_missing_column_wrong_type_and_a_dataset_dict(registry, to
 
 
 def test_a_hub_dataset_offline_is_a_clear_error(registry, toy, tmp_path):
-    message = run_refused(registry, toy, tmp_path / "a", "hf_dataset", "hf://nobody/no-such-dataset:train")
+    message = run_refused(registry, toy, tmp_path / "a", "hf_dataset", "hf://nobody/no-such-dataset:train",
+                          in_process=False)
     assert "nobody/no-such-dataset: cannot load the dataset" in message and "offline" in message

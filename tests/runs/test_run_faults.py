@@ -54,8 +54,9 @@ def test_a_failed_state_write_leaves_the_previous_state_whole(registry, tmp_path
                                                               message):
     path, spec = spec_file(registry, tmp_path)
     run = tmp_path / "run"
-    fail_on_second_state(monkeypatch, raised)
-    result = CliRunner().invoke(main, ["run", str(path), "--out", str(run), "--no-progress"])
+    with monkeypatch.context() as failing:  # (its own context: undoing it keeps conftest's environment)
+        fail_on_second_state(failing, raised)
+        result = CliRunner().invoke(main, ["run", str(path), "--out", str(run), "--no-progress"])
     assert result.exit_code == code, result.output
     assert message in result.output and "Traceback" not in result.output
     if code == 2:
@@ -67,6 +68,6 @@ def test_a_failed_state_write_leaves_the_previous_state_whole(registry, tmp_path
     model = build_model(spec, registry)
     load_weights(model, run / "checkpoint")  # the best checkpoint (epoch 1) is whole
 
-    monkeypatch.undo()  # space again: the run continues from the state it kept
+    # space again (the failing write was undone with its context): the run continues from the state it kept
     resumed = CliRunner().invoke(main, ["run", str(path), "--resume", str(run), "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
