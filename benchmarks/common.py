@@ -20,10 +20,14 @@ def machine(threads: int | None = None) -> dict:
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    """Write ``data`` as indented JSON, making the folder; returns the path."""
+    """Write ``data`` as indented JSON, making the folder; returns the path. Whole or not at all (a
+    temporary file renamed over it): a benchmark stopped at its time limit mid-write keeps the last
+    complete file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
     return path
 
 

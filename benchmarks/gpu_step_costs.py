@@ -110,13 +110,18 @@ def main() -> None:
                 continue
             print(f"{method + '@' + str(count):20s} {r['ratio']:.3f}x (rounds {r['ratio_min']:.3f}..{r['ratio_max']:.3f})",
                   flush=True)
+            save(args, results, started)  # after each method: a stage stopped at its time limit keeps them
             gc.collect()
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         del base
+    save(args, results, started)
+    print(json.dumps({"written": args.out}))
+
+
+def save(args, results: dict, started: float) -> None:
     write_json(args.out, {"args": vars(args), "machine": {**machine(), "device": args.device},
                           "seconds": round(time.perf_counter() - started, 1), "results": results})
-    print(json.dumps({"written": args.out}))
 
 
 if __name__ == "__main__":
