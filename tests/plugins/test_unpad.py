@@ -4,8 +4,9 @@ The padded forward is the reference (tests/plugins/test_encoder_parity.py holds 
 transformers' BertModel); every case here runs the same weights both ways on right-padded
 batches of very different lengths: the states of real tokens, the pooler, every parameter's
 gradient, with an adapter's branch in every layer and with SMART's input embeddings, through a
-whole training run, and under export (which keeps the padded graph). The GPU kernel
-(FlashAttention over packed sequences) is checked in tests/training/test_cuda.py.
+whole training run, and under export (which keeps the padded graph). The branch a GPU takes
+(FlashAttention over packed sequences) runs here with the kernel replaced by its contract; the
+kernel itself is checked in tests/training/test_cuda.py.
 """
 
 from __future__ import annotations
