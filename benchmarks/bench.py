@@ -157,8 +157,9 @@ def read_rows(task: str, split: str, limit: int | None = None):
 
 # -- one measurement per subprocess ---------------------------------------------------------------
 
-def mtbert_train(args, task: str, **train_changes) -> dict:
-    return time_loop(args, mtbert_trainer(args, [task], train_changes), [task])
+def mtbert_train(args, task: str, encoder: dict | None = None, **train_changes) -> dict:
+    changes = {} if encoder is None else {"encoder": encoder}
+    return time_loop(args, mtbert_trainer(args, [task], train_changes, **changes), [task])
 
 
 def mtbert_train_compiled(args, task: str) -> dict:
@@ -180,17 +181,16 @@ def unpadded_encoder(args) -> dict:
 
 
 def mtbert_train_unpad(args, task: str) -> dict:
-    return time_loop(args, mtbert_trainer(args, [task], encoder=unpadded_encoder(args)), [task])
+    return mtbert_train(args, task, encoder=unpadded_encoder(args))
 
 
 def mtbert_train_nobuckets(args, task: str) -> dict:
-    """Batches drawn without length buckets: a third to a half of their tokens are padding."""
+    """Batches drawn without length buckets: half or more of their tokens are padding."""
     return mtbert_train(args, task, length_buckets=False)
 
 
 def mtbert_train_unpad_nobuckets(args, task: str) -> dict:
-    trainer = mtbert_trainer(args, [task], {"length_buckets": False}, encoder=unpadded_encoder(args))
-    return time_loop(args, trainer, [task])
+    return mtbert_train(args, task, encoder=unpadded_encoder(args), length_buckets=False)
 
 
 def time_loop(args, trainer, tasks: list[str]) -> dict:

@@ -50,13 +50,16 @@ def budgeted(steps: int, para_rows: int) -> dict:
     return data
 
 
-def seeds_of(spec: Path, label: str, seeds: list[int], out: Path) -> dict[int, float]:
-    scores = {}
+def seeds_of(spec: Path, label: str, seeds: list[int], out: Path) -> tuple[dict[int, float], dict[int, dict]]:
+    """Each seed's run: (seed -> overall dev score, seed -> each task's main (first) dev metric)."""
+    scores, tasks = {}, {}
     for seed in seeds:
         run_dir = out / f"{label}_s{seed}"
         if run_mtbert(str(spec), run_dir, [f"seed={seed}", f"name={run_dir.name}"]):
-            scores[seed] = json.loads((run_dir / "best.json").read_text())["overall"]
-    return scores
+            best = json.loads((run_dir / "best.json").read_text())
+            scores[seed] = best["overall"]
+            tasks[seed] = {task: next(iter(metrics.values())) for task, metrics in best["tasks"].items()}
+    return scores, tasks
 
 
 def main() -> None:
@@ -82,16 +85,19 @@ def main() -> None:
     if not (study / "best.toml").is_file():
         sys.exit(f"the study has no best trial yet; see {study / 'summary.md'}")
 
-    results = {"steps": args.steps, "para_rows": args.para_rows, "trials": args.trials, "seeds": args.seeds,
-               "best": seeds_of(study / "best.toml", "best", args.seeds, out),
-               "baseline": seeds_of(out / "baseline.toml", "baseline", args.seeds, out)}
+    results = {"steps": args.steps, "para_rows": args.para_rows, "trials": args.trials, "seeds": args.seeds}
+    for name, spec in (("best", study / "best.toml"), ("baseline", out / "baseline.toml")):
+        results[name], results[f"{name}_tasks"] = seeds_of(spec, name, args.seeds, out)
     (out / "seeds.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\noverall dev score at {args.steps} steps, per seed; mean and sample std")
+    print(f"\noverall dev score at {args.steps} steps, per seed; mean and sample std; each task's main metric, "
+          "mean over the seeds")
     for name in ("best", "baseline"):
-        scores = results[name]
+        scores, tasks = results[name], results[f"{name}_tasks"]
         spread = statistics.stdev(scores.values()) if len(scores) > 1 else float("nan")
+        means = {task: statistics.mean(t[task] for t in tasks.values()) for task in next(iter(tasks.values()), {})}
         print(f"{name:<9}" + "".join(f"  s{s} {v:.4f}" for s, v in scores.items())
-              + f"   mean {statistics.mean(scores.values()):.4f}  std {spread:.4f}")
+              + f"   mean {statistics.mean(scores.values()):.4f}  std {spread:.4f}  "
+              + "  ".join(f"{task} {value:.4f}" for task, value in means.items()))
 
 
 if __name__ == "__main__":

@@ -169,13 +169,16 @@ def registry_with_loss(name: str, loss_class):
     return build_registry(list(metadata.entry_points(group="mtbert")), modules=[(name, module, "test")])
 
 
-def tune_files(tmp_path, registry, space: str, **train) -> tuple:
-    """A toy spec (short trials on one thread) and a search space, as files for mtbert tune."""
+def tune_files(tmp_path, registry, space: str | None, **train) -> tuple:
+    """A toy spec (short trials on one thread) and a search space (None: no space file), as files for
+    mtbert tune."""
     from mtbert.config.spec import dump_spec
 
     settings = {"steps": 12, "eval_every": 3, "log_every": 3, "threads": 1, **train}
     spec = Path(tmp_path) / "spec.toml"
     spec.write_text(dump_spec(toy_spec(registry, toy_data(Path(tmp_path) / "data", n=48), **settings)))
+    if space is None:
+        return spec, None
     path = Path(tmp_path) / "space.toml"
     path.write_text(space)
     return spec, path

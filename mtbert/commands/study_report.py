@@ -19,7 +19,7 @@ import attrs
 from mtbert.base.atomic import write_file
 from mtbert.base.errors import MtbertError
 from mtbert.commands.report import _figure, _save
-from mtbert.tune.results import front, front_table, row, table
+from mtbert.tune.results import front, front_table, last_reported, table
 
 
 @attrs.define
@@ -30,18 +30,19 @@ class StudyReport:
 
 
 def finished(trials) -> list:
-    return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and row(t, ["score"])["values"]]
+    """The trials with a score: finished ones, and pruned ones that reported one."""
+    return [t for t in trials if t.state.name == "COMPLETE" or last_reported(t) is not None]
 
 
 def plot_history(trials, path: Path, objective: str) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+    pruned = [t for t in trials if last_reported(t) is not None]
     ax.plot([t.number for t in done], [t.value for t in done], "o", label="finished")
     if pruned:
-        ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-                "x", color="tab:gray", label="pruned (last score)")
+        ax.plot([t.number for t in pruned], [last_reported(t) for t in pruned], "x", color="tab:gray",
+                label="pruned (last score)")
     best, xs, ys = float("-inf"), [], []
     for t in sorted(done, key=lambda t: t.number):
         best = max(best, t.value)

@@ -113,21 +113,17 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word(input_ids) + self.position(positions)
-        if token_type_ids is None:
-            x = x + self.token_type.weight[0]
-        else:
-            x = x + self.token_type(token_type_ids)
-        return self.dropout(self.norm(x))
+        return self._sum(input_ids, positions, token_type_ids)
 
     def unpadded(self, input_ids: Tensor, token_type_ids: Tensor | None, where: Unpadded) -> Tensor:
         """The real tokens' embeddings, [tokens, hidden]: each the same as in ``forward``'s output."""
-        positions = where.index % where.length  # a token's position is its column, as in forward
-        x = self.word(input_ids.flatten().index_select(0, where.index)) + self.position(positions)
-        if token_type_ids is None:
-            x = x + self.token_type.weight[0]
-        else:
-            x = x + self.token_type(token_type_ids.flatten().index_select(0, where.index))
+        types = None if token_type_ids is None else token_type_ids.flatten().index_select(0, where.index)
+        # a token's position is its column, as in forward
+        return self._sum(input_ids.flatten().index_select(0, where.index), where.index % where.length, types)
+
+    def _sum(self, ids: Tensor, positions: Tensor, types: Tensor | None) -> Tensor:
+        x = self.word(ids) + self.position(positions)
+        x = x + (self.token_type.weight[0] if types is None else self.token_type(types))
         return self.dropout(self.norm(x))
 
 
@@ -169,8 +165,7 @@ class SelfAttention(nn.Module):
         the same attention as the padded path, and only the projections and the feed-forward skip
         the padding.
         """
-        heads = self.num_heads
-        q, k, v = (projection(h).view(h.shape[0], heads, -1) for projection in (self.query, self.key, self.value))
+        q, k, v = (linear(h).view(h.shape[0], self.num_heads, -1) for linear in (self.query, self.key, self.value))
         dropout = self.p if self.training else 0.0
         if dropout == 0.0 and flash_packs(q):
             return varlen_attn(q, k, v, where.starts, where.starts, where.length, where.length)
@@ -205,15 +200,11 @@ class Layer(nn.Module):
         # F.gelu's default is the exact erf form BERT uses, not the tanh approximation.
         z = a + self.dropout(self.ffn_out(F.gelu(self.ffn_in(a))))
         if len(self.slots) and unpadded is not None:  # branches see the padded batch, as they always do
-            padded_h, padded_a = unpadded.scatter(h), unpadded.scatter(a)
+            h, a = unpadded.scatter(h), unpadded.scatter(a)
         for branch in self.slots:
-            if unpadded is None:
-                extra = branch(h, a, attn_mask, task)
-            else:
-                extra = branch(padded_h, padded_a, attn_mask, task)
-                extra = None if extra is None else unpadded.gather(extra)
+            extra = branch(h, a, attn_mask, task)
             if extra is not None:
-                z = z + extra
+                z = z + (extra if unpadded is None else unpadded.gather(extra))
         return self.norm(z)
 
 

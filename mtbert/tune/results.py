@@ -35,10 +35,16 @@ def reason_of(trial) -> str:
     return attrs.get("reason", "")
 
 
+def last_reported(trial) -> float | None:
+    """A pruned trial's score: the last one it reported (None if it reported none)."""
+    steps = trial.intermediate_values
+    return steps[max(steps)] if trial.state.name == "PRUNED" and steps else None
+
+
 def row(trial, objectives) -> dict:
     values = trial.values if trial.values is not None else ([trial.value] if trial.value is not None else None)
-    if trial.state.name == "PRUNED" and trial.intermediate_values:  # the last score it reported
-        values = [trial.intermediate_values[max(trial.intermediate_values)]]
+    if last_reported(trial) is not None:
+        values = [last_reported(trial)]
     out = {"run": trial.user_attrs.get("run"), "trial": trial.number, "state": state_of(trial),
            "values": dict(zip(objectives, values)) if values else None, "params": dict(trial.params)}
     for key in ("overall", "tasks", "step"):

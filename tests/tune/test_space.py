@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 
 from mtbert.base.errors import SpecError
-from mtbert.config.spec import dump_spec
 from mtbert.tune.settings import load_study, parse_settings
 from mtbert.tune.space import label
 
-from helpers import toy_data, toy_spec
+from helpers import tune_files
 
 TOML_SPACE = '''
 trials = 4
@@ -119,20 +118,10 @@ def test_drawn_values_are_set_by_path_in_order_and_conditions_decide_what_is_dra
     assert "gradient.c" not in values and drawn["gradient"] == "sum"  # its condition does not hold
 
 
-def write(tmp_path, registry, space: str | None = None) -> tuple:
-    spec = tmp_path / "spec.toml"
-    spec.write_text(dump_spec(toy_spec(registry, toy_data(tmp_path / "data", n=32), steps=4)))
-    path = None
-    if space is not None:
-        path = tmp_path / "space.toml"
-        path.write_text(space)
-    return spec, path
-
-
 def test_every_corner_is_tried_in_the_spec_before_any_trial(registry, tmp_path):
-    spec, space = write(tmp_path, registry, TOML_SPACE.replace('"all_tasks"', '"proportional"')
-                        + '[params."train.lrr"]\ntype = "float"\nlow = 0.1\nhigh = 0.2\n'
-                        + '[params."train.batch_size"]\ntype = "int"\nlow = 0\nhigh = 4\n')
+    spec, space = tune_files(tmp_path, registry, TOML_SPACE.replace('"all_tasks"', '"proportional"')
+                             + '[params."train.lrr"]\ntype = "float"\nlow = 0.1\nhigh = 0.2\n'
+                             + '[params."train.batch_size"]\ntype = "int"\nlow = 0\nhigh = 4\n', steps=4)
     with pytest.raises(SpecError) as caught:
         load_study(spec, space, registry)
     found = caught.value.problems
@@ -147,7 +136,7 @@ def test_every_corner_is_tried_in_the_spec_before_any_trial(registry, tmp_path):
 def test_a_value_valid_beside_another_choice_passes(registry, tmp_path):
     """cagrad with round_robin is invalid, with all_tasks valid: the space is fine, the trial that draws
     the unfit pair fails with its reason."""
-    spec, space = write(tmp_path, registry, TOML_SPACE)
+    spec, space = tune_files(tmp_path, registry, TOML_SPACE, steps=4)
     study = load_study(spec, space, registry)
     assert [p.path for p in study.settings.space.params] == ["train.lr", "sampler", "gradient", "gradient.c"]
 
@@ -155,12 +144,12 @@ def test_a_value_valid_beside_another_choice_passes(registry, tmp_path):
 def test_a_tune_table_in_the_spec_is_the_space_and_a_run_ignores_it(registry, tmp_path):
     from mtbert.config.spec import load_spec
 
-    spec, _ = write(tmp_path, registry)
+    spec, _ = tune_files(tmp_path, registry, None, steps=4)
     spec.write_text(spec.read_text() + "\n[tune]\ntrials = 2\n[tune.params.\"train.lr\"]\ntype = \"float\"\n"
                     "low = 0.001\nhigh = 0.01\n")
     assert load_study(spec, None, registry, options={"parallel": 3}).settings.parallel == 3
     assert load_spec(spec, registry).train.steps == 4  # mtbert run / validate take the spec alone
-    bare, _ = write(tmp_path / "bare", registry)
+    bare, _ = tune_files(tmp_path / "bare", registry, None, steps=4)
     with pytest.raises(SpecError, match="no search space"):
         load_study(bare, None, registry)
 

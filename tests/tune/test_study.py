@@ -4,7 +4,6 @@ tests/tune/test_postgres.py.)"""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,13 +15,10 @@ from click.testing import CliRunner
 from mtbert.commands.cli import main
 from mtbert.config.spec import load_spec
 from mtbert.tune.command import reopen, run_tune
+from mtbert.tune.results import read_rows as rows
 from mtbert.tune.settings import load_study
 
 from helpers import tune_files
-
-
-def rows(directory) -> list[dict]:
-    return [json.loads(line) for line in (directory / "summary.jsonl").read_text().splitlines()]
 
 
 LR = '[params."train.lr"]\ntype = "choice"\nvalues = [3e-3, 1e-6]\n'
